@@ -1,0 +1,170 @@
+"""Options, markers and session fixtures shared by tests/, benchmarks/ and accuracy/.
+
+The matrix options (`--variants --backends --precisions --batch-sizes --device`) select what the
+suites run; anything the machine cannot run is skipped with its reason (`pytest -rs`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from levit_trt.backends.base import Backend, BackendUnavailable, ModelSource
+from levit_trt.backends.registry import BACKENDS, backend_class, parse_backends
+from levit_trt.cache import ensure_cache_dir
+from levit_trt.variants import Variant, resolve_variant, resolve_variants
+from levit_trt.weights import WeightsSpec, parse_weights
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("levit_trt")
+    group.addoption("--variants", default="128S", help="comma-separated variants, or 'all' (default: 128S)")
+    group.addoption("--backends", default="auto",
+                    help=f"comma-separated backends ({', '.join(BACKENDS)}), 'all', or 'auto': "
+                         "torch+onnxruntime on CPU, every CUDA backend on a GPU")
+    group.addoption("--precisions", default="auto", help="comma-separated fp32,fp16,bf16,int8; 'auto': fp32 on CPU, fp32,fp16 on GPU")
+    group.addoption("--batch-sizes", default="1,16", help="comma-separated batch sizes (default: 1,16)")
+    group.addoption("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    group.addoption("--weights", default="random",
+                    help="pretrained | random[:SEED] | checkpoint path (default: random, no download)")
+    group.addoption("--imagenet-root", default=os.environ.get("IMAGENET_ROOT"),
+                    help="ImageNet root holding val/<wnid>/<image> (or env IMAGENET_ROOT)")
+    group.addoption("--imagenet-limit", type=int, default=None, help="seeded class-balanced subset of N images")
+    group.addoption("--cache-dir", default=None, help="artifact cache (or env LEVIT_TRT_CACHE; default ~/.cache/levit_trt)")
+    group.addoption("--warmup-rounds", type=int, default=10, help="benchmark warm-up calls (default 10)")
+    group.addoption("--rounds", type=int, default=None, help="timed benchmark rounds (default: 100 on GPU, 10 on CPU)")
+    group.addoption("--cuda-graphs", action="store_true", help="replay a captured CUDA graph instead of eager calls")
+    group.addoption("--accuracy-json", default=None, help="append accuracy results to this JSON file")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One cell of the matrix: what to run and how its id reads."""
+
+    variant: Variant
+    backend: str
+    precision: str
+    batch: int
+    device: str
+    cuda_graphs: bool = False
+
+    @property
+    def id(self) -> str:
+        graph = "-graph" if self.cuda_graphs else ""
+        return f"{self.variant.name}-{self.backend}{graph}-{self.precision}-bs{self.batch}"
+
+
+def selected_device(config: pytest.Config) -> str:
+    device = config.getoption("--device")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise pytest.UsageError(f"--device must be cpu, cuda or auto, not {device!r}")
+    return device
+
+
+def selected_cases(config: pytest.Config, batches: bool = True) -> list[Case]:
+    """The matrix from the options; unsupported precision/backend pairs are left out."""
+    device = selected_device(config)
+    try:
+        variants = resolve_variants(config.getoption("--variants"))
+        backend_option = config.getoption("--backends")
+        if backend_option == "auto":
+            backends = [n for n in BACKENDS if device in backend_class(n).supported]
+            if device == "cpu":
+                backends = [n for n in backends if n in ("torch", "onnxruntime")]
+        else:
+            backends = parse_backends(backend_option)
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from error
+    precision_option = config.getoption("--precisions")
+    precisions = (["fp32"] if device == "cpu" else ["fp32", "fp16"]) if precision_option == "auto" \
+        else [p.strip() for p in precision_option.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8")]
+    if unknown:
+        raise pytest.UsageError(f"unknown precision(s) {unknown}; choose from fp32, fp16, bf16, int8")
+    try:
+        sizes = [int(b) for b in str(config.getoption("--batch-sizes")).split(",") if b.strip()] if batches else [0]
+    except ValueError as error:
+        raise pytest.UsageError(f"--batch-sizes must be comma-separated integers: {error}") from error
+    graphs = bool(config.getoption("--cuda-graphs"))
+    return [
+        Case(v, b, p, n, device, graphs)
+        for v in variants for b in backends for p in precisions for n in sizes
+        if p in backend_class(b).supported.get(device, ())
+    ]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(pytestconfig: pytest.Config) -> Path:
+    return ensure_cache_dir(pytestconfig.getoption("--cache-dir"))
+
+
+@pytest.fixture(scope="session")
+def weights_spec(pytestconfig: pytest.Config) -> WeightsSpec:
+    return parse_weights(pytestconfig.getoption("--weights"))
+
+
+@pytest.fixture(scope="session")
+def model_source(cache_dir: Path, weights_spec: WeightsSpec) -> Callable[[Variant | str], ModelSource]:
+    """`model_source(variant)`: one ModelSource per variant per session (model and ONNX built once)."""
+    sources: dict[str, ModelSource] = {}
+
+    def get(variant: Variant | str) -> ModelSource:
+        resolved = resolve_variant(variant)
+        if resolved.name not in sources:
+            sources[resolved.name] = ModelSource(resolved, weights_spec, cache_dir)
+        return sources[resolved.name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def backend_for(model_source: Callable[[Variant | str], ModelSource]) -> Callable[..., Backend]:
+    """`backend_for(case, **options)`: each backend built once per session; skips with the reason
+    when it cannot run on this machine."""
+    built: dict[tuple[Any, ...], Backend | str] = {}
+
+    def get(case: Case, **options: Any) -> Backend:
+        from levit_trt.backends.registry import create_backend
+
+        key = (case.variant.name, case.backend, case.precision, case.device, tuple(sorted(options.items())))
+        if key not in built:
+            try:
+                built[key] = create_backend(case.backend, model_source(case.variant), case.precision,
+                                            case.device, **options)
+            except BackendUnavailable as error:
+                built[key] = str(error)
+        backend = built[key]
+        if isinstance(backend, str):
+            pytest.skip(backend)
+        return backend
+
+    return get
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`case` parametrises over the full matrix; `model_case` over it without batch sizes."""
+    for name, batches in (("case", True), ("model_case", False)):
+        if name in metafunc.fixturenames:
+            cases = selected_cases(metafunc.config, batches=batches)
+            ids = [c.id if batches else c.id.rsplit("-bs", 1)[0] for c in cases]
+            metafunc.parametrize(name, cases, ids=ids)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark GPU and TensorRT cases so `-m 'not gpu'` and friends select them."""
+    for item in items:
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        case = params.get("case") or params.get("model_case")
+        if isinstance(case, Case):
+            if case.device == "cuda":
+                item.add_marker(pytest.mark.gpu)
+            if case.backend.startswith("tensorrt"):
+                item.add_marker(pytest.mark.tensorrt)

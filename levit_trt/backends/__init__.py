@@ -1,0 +1,1 @@
+"""Backends: one module per way of running LeViT; `registry` knows their names and availability."""

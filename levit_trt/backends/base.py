@@ -1,0 +1,110 @@
+"""The backend protocol: something that turns a batch of images into logits, and the model it starts from."""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from levit_trt.variants import Variant
+from levit_trt.weights import WeightsSpec
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run on this machine (a missing library or device); tests skip on it."""
+
+
+class UnsupportedCombination(ValueError):
+    """A precision/device/option the backend does not support; an error, never a skip."""
+
+
+@dataclass(frozen=True)
+class Availability:
+    available: bool
+    reason: str = ""
+
+
+@dataclass
+class ModelSource:
+    """The variant and weights every backend builds from; the prepared model and ONNX are made once."""
+
+    variant: Variant
+    weights: WeightsSpec
+    cache_dir: Path
+    _model: nn.Module | None = field(default=None, repr=False)
+
+    def torch_model(self) -> nn.Module:
+        """A fresh copy of the prepared fp32 CPU model (native softmax)."""
+        if self._model is None:
+            from levit_trt.models import load_model
+
+            self._model = load_model(self.variant, self.weights)
+        return copy.deepcopy(self._model)
+
+    def onnx_path(self, options: Any = None) -> Path:
+        """The cached ONNX export for `options` (an `ExportOptions`; default fp32, native softmax)."""
+        from levit_trt.export import ExportOptions, cached_onnx
+
+        return cached_onnx(self.variant, self.weights, options or ExportOptions(), self.cache_dir)
+
+
+class Backend(ABC):
+    """One way of running LeViT. Subclasses set `name`, `supported` and implement `__call__`.
+
+    `__call__` takes a batch already on `self.device` in `self.input_dtype` and returns logits
+    [N, 1000] on the same device; the work is enqueued on the current CUDA stream and not
+    synchronised, so callers time it with CUDA events.
+    """
+
+    name: ClassVar[str]
+    # device type ("cpu"/"cuda") -> precisions this backend runs there
+    supported: ClassVar[dict[str, tuple[str, ...]]]
+
+    def __init__(self, precision: str, device: str) -> None:
+        self.check_supported(precision, device)
+        self.precision = precision
+        self.device = torch.device(device)
+        self.setup_seconds = 0.0  # build / compile / capture time, reported apart from inference
+
+    @classmethod
+    def availability(cls, device: str) -> Availability:
+        """Whether this backend can run on `device` here, and if not, why."""
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            return Availability(False, "no CUDA device (torch.cuda.is_available() is False)")
+        return Availability(True)
+
+    @classmethod
+    def check_supported(cls, precision: str, device: str) -> None:
+        device_type = torch.device(device).type
+        if precision not in PRECISIONS:
+            raise UnsupportedCombination(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        allowed = cls.supported.get(device_type, ())
+        if precision not in allowed:
+            where = ", ".join(f"{d}: {'/'.join(p)}" for d, p in cls.supported.items())
+            raise UnsupportedCombination(
+                f"backend {cls.name!r} does not run {precision} on {device_type} (it supports {where})"
+            )
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        return DTYPES.get(self.precision, torch.float32)
+
+    def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
+        """Move a float32 CPU batch to where and what `__call__` expects."""
+        return images.to(self.device, self.input_dtype, non_blocking=True)
+
+    @abstractmethod
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What a reader of a result needs to know about how this backend ran."""
+        return {"backend": self.name, "precision": self.precision, "device": str(self.device),
+                "setup_seconds": round(self.setup_seconds, 3)}

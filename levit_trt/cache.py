@@ -1,0 +1,126 @@
+"""On-disk cache of built artifacts (ONNX files, engines), keyed by everything that changes them.
+
+An entry is a directory holding the artifact files and a `manifest.json` that lists every input
+of the build. The directory is built under a temporary name and renamed into place with its
+manifest already inside, under a file lock: a killed build leaves only a `*.tmp-*` directory that
+is never read, and parallel test workers build each entry once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "manifest.json"
+
+
+class CacheError(RuntimeError):
+    """The cache directory cannot be used; the message says which and why."""
+
+
+def default_cache_dir() -> Path:
+    """`$LEVIT_TRT_CACHE`, else `$XDG_CACHE_HOME/levit_trt`, else `~/.cache/levit_trt`."""
+    explicit = os.environ.get("LEVIT_TRT_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "levit_trt"
+
+
+def ensure_cache_dir(path: Path | str | None = None) -> Path:
+    """Create the cache directory if needed and prove it is writable."""
+    root = Path(path).expanduser() if path is not None else default_cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as error:
+        raise CacheError(
+            f"cache directory {root} is not writable ({error.strerror or error}); "
+            f"choose another with --cache-dir or LEVIT_TRT_CACHE"
+        ) from error
+    return root
+
+
+def canonical_json(data: Mapping[str, Any]) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def cache_key(manifest: Mapping[str, Any]) -> str:
+    """Short, stable hash of a manifest; any changed field gives another key."""
+    return hashlib.sha256(canonical_json(manifest).encode()).hexdigest()[:20]
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on `path` (created if missing), released on exit."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def read_manifest(entry: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((entry / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cached_build(
+    root: Path,
+    kind: str,
+    manifest: Mapping[str, Any],
+    build: Callable[[Path], None],
+) -> Path:
+    """Return the entry directory for `manifest`, building it with `build(tmp_dir)` if absent.
+
+    An existing entry is used only when its manifest equals `manifest` field for field; an entry
+    whose manifest differs or is unreadable is replaced. `build` writes its files into the
+    directory it is given; if it raises, nothing is left under the entry's name.
+    """
+    wanted = json.loads(canonical_json(manifest))
+    entry = root / kind / cache_key(wanted)
+    with file_lock(root / kind / f"{entry.name}.lock"):
+        if entry.is_dir() and read_manifest(entry) == wanted:
+            return entry
+        tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{entry.name}.tmp-"))
+        try:
+            build(tmp)
+            (tmp / MANIFEST_NAME).write_text(json.dumps(wanted, indent=2, sort_keys=True))
+            if entry.exists():
+                shutil.rmtree(entry)
+            os.replace(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return entry
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; move it into place only if the block succeeds.
+
+    For user-named outputs (`--out`, `--engine`): an interrupted write never leaves a file that
+    looks complete.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

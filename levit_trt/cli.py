@@ -1,0 +1,140 @@
+"""`levit-trt`: argument parsing only; each subcommand calls one library function.
+
+Each subcommand is one `_add_<name>` function that declares its arguments and sets `handler`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _common_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", default="128S", help="LeViT variant: 128S, 128, 192, 256 or 384")
+    parser.add_argument("--weights", default="pretrained",
+                        help="'pretrained' (timm hub), 'random[:SEED]' (tests) or a checkpoint path")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="artifact cache (default: LEVIT_TRT_CACHE or ~/.cache/levit_trt)")
+
+
+def _info(args: argparse.Namespace) -> int:
+    from levit_trt.backends.registry import BACKENDS, backend_class
+    from levit_trt.environment import machine_info
+
+    print(json.dumps(machine_info(), indent=2))
+    print("\nbackends:")
+    for name in BACKENDS:
+        cls = backend_class(name)
+        for device, precisions in cls.supported.items():
+            status = cls.availability(device)
+            state = "available" if status.available else f"unavailable: {status.reason}"
+            print(f"  {name:16s} {device:5s} {'/'.join(precisions):20s} {state}")
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("info", help="what backends and devices are available here, and why not")
+    parser.set_defaults(handler=_info)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from levit_trt.cache import atomic_output
+    from levit_trt.export import ExportOptions, export_onnx
+    from levit_trt.models import load_model
+    from levit_trt.variants import resolve_variant
+    from levit_trt.weights import parse_weights
+
+    variant = resolve_variant(args.variant)
+    options = ExportOptions(opset=args.opset, exporter=args.exporter, precision=args.precision,
+                            softmax_plugin=args.softmax_plugin)
+    model = load_model(variant, parse_weights(args.weights))
+    with atomic_output(args.out) as tmp:
+        export_onnx(model, tmp, options, variant.input_size)
+    print(f"wrote {args.out} ({variant.display}, {options})")
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("export", help="export a prepared LeViT to ONNX (dynamic batch)")
+    _common_model_args(parser)
+    parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=18)
+    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--softmax-plugin", action="store_true",
+                        help="replace last-axis Softmax nodes with the levit_trt softmax plugin")
+    parser.set_defaults(handler=_export)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from levit_trt.accuracy import append_results, evaluate
+    from levit_trt.backends.base import ModelSource
+    from levit_trt.backends.registry import create_backend
+    from levit_trt.cache import ensure_cache_dir
+    from levit_trt.data import LoaderOptions, imagenet_loader
+    from levit_trt.environment import machine_info
+    from levit_trt.variants import resolve_variant
+    from levit_trt.weights import parse_weights
+
+    variant = resolve_variant(args.variant)
+    weights = parse_weights(args.weights)
+    loader = imagenet_loader(args.data_path, variant, LoaderOptions(
+        batch_size=args.batch_size, workers=args.workers, limit=args.limit, split=args.split))
+    source = ModelSource(variant, weights, ensure_cache_dir(args.cache_dir))
+    backend = create_backend(args.backend, source, args.precision, args.device)
+    result = evaluate(backend, loader, variant=variant.name, weights=weights.describe(),
+                      samples=loader.dataset.dataset.samples if args.limit else loader.dataset.samples,
+                      extra=backend.describe())
+    print(f"{variant.display} {backend.name} {backend.precision}: top-1 {result.top1:.2f}  "
+          f"top-5 {result.top5:.2f}  ({result.images} images, {result.unreadable} unreadable, "
+          f"{result.images_per_s:.0f} img/s)")
+    if args.out:
+        append_results(args.out, [result], machine_info())
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("eval", help="top-1/top-5 of one backend on an ImageNet-layout folder")
+    _common_model_args(parser)
+    parser.add_argument("--data-path", type=Path, required=True, help="ImageNet root holding val/<wnid>/<image>")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--backend", default="torch")
+    parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--limit", type=int, default=None, help="seeded class-balanced subset of N images")
+    parser.add_argument("--out", type=Path, default=None, help="accuracy JSON to append the result to")
+    parser.set_defaults(handler=_eval)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+SUBCOMMANDS = [_add_info, _add_export, _add_eval]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="levit-trt", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"levit-trt {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""GPU timing with CUDA events or CUDA-graph replay, the one way every benchmark measures time.
+
+Wall-clock timers around asynchronous GPU work measure the launch, not the work; these helpers
+record events on the stream the work runs on, after warm-up, and return every round so that
+reports can give the median and the spread.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class GpuTiming:
+    """Per-call GPU times in milliseconds, one entry per timed round."""
+
+    times_ms: tuple[float, ...]
+    method: str  # "cuda-events" or "cuda-graph"
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+    @property
+    def min_ms(self) -> float:
+        return min(self.times_ms)
+
+    @property
+    def mean_ms(self) -> float:
+        return statistics.fmean(self.times_ms)
+
+    @property
+    def stdev_ms(self) -> float:
+        return statistics.stdev(self.times_ms) if len(self.times_ms) > 1 else 0.0
+
+    def percentile_ms(self, pct: float) -> float:
+        """Nearest-rank percentile (pct in 0..100) of the per-call times."""
+        ordered = sorted(self.times_ms)
+        rank = max(1, min(len(ordered), round(pct / 100.0 * len(ordered) + 0.5)))
+        return ordered[rank - 1]
+
+    def summary(self, items_per_call: int = 1) -> dict[str, float | str | int]:
+        """Flat dict for pytest-benchmark's extra_info and for JSON reports."""
+        return {
+            "timing_method": self.method,
+            "rounds": len(self.times_ms),
+            "gpu_median_ms": self.median_ms,
+            "gpu_mean_ms": self.mean_ms,
+            "gpu_min_ms": self.min_ms,
+            "gpu_stdev_ms": self.stdev_ms,
+            "gpu_p90_ms": self.percentile_ms(90),
+            "gpu_p99_ms": self.percentile_ms(99),
+            "items_per_s": items_per_call / (self.median_ms / 1e3),
+        }
+
+
+def _require_cuda() -> None:
+    if not torch.cuda.is_available():
+        raise RuntimeError("GPU timing needs a CUDA device; torch.cuda.is_available() is False here")
+
+
+def time_cuda_events(
+    fn: Callable[[], object], *, warmup: int = 10, rounds: int = 100
+) -> GpuTiming:
+    """Time `fn` (which enqueues work on the current stream) with a pair of events per call."""
+    _require_cuda()
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    stream = torch.cuda.current_stream()
+    for _ in range(warmup):
+        fn()
+    stream.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(rounds)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(rounds)]
+    for start, end in zip(starts, ends):
+        start.record(stream)
+        fn()
+        end.record(stream)
+    stream.synchronize()
+    return GpuTiming(tuple(s.elapsed_time(e) for s, e in zip(starts, ends)), "cuda-events")
+
+
+def capture_cuda_graph(fn: Callable[[], object], *, warmup: int = 3) -> torch.cuda.CUDAGraph:
+    """Capture one call of `fn` into a CUDA graph after warming it up on a side stream.
+
+    The warm-up runs on a side stream as PyTorch requires, so that lazy initialisation (cuBLAS
+    handles, autotuning, allocator growth) happens outside the captured region.
+    """
+    _require_cuda()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    return graph
+
+
+def time_cuda_graph(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 10,
+    rounds: int = 100,
+    calls_per_graph: int = 1,
+) -> GpuTiming:
+    """Time `fn` by replaying a captured graph of `calls_per_graph` back-to-back calls.
+
+    Graph replay removes CPU launch overhead; with `calls_per_graph > 1` the per-call time of
+    very short kernels (a few microseconds) is not dominated by the replay's own start-up.
+    """
+    if calls_per_graph < 1:
+        raise ValueError(f"calls_per_graph must be at least 1, got {calls_per_graph}")
+
+    def repeated() -> None:
+        for _ in range(calls_per_graph):
+            fn()
+
+    graph = capture_cuda_graph(repeated)
+    timing = time_cuda_events(graph.replay, warmup=warmup, rounds=rounds)
+    return GpuTiming(tuple(t / calls_per_graph for t in timing.times_ms), "cuda-graph")
