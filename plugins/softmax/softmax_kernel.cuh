@@ -1,0 +1,463 @@
+// Softmax over the last axis of a contiguous tensor, fp32 and fp16, fp32 accumulation.
+//
+// Two paths, chosen per call from the row length:
+//  * rows of up to 1024 elements: a thread group (1..32 lanes of one warp) owns a row and holds it
+//    in registers, so every element is read once and written once. Short rows (16 in fp16, say)
+//    use groups narrower than a warp, so one warp handles several rows at a time.
+//  * longer rows: one block per row, two passes over global memory (an online max/sum pass, then
+//    the normalising pass, which mostly hits L2).
+// Loads and stores are vectorised up to 16 bytes when the row length and both pointers allow it.
+//
+// No framework includes: the TensorRT plugin and the PyTorch op both call softmaxLastAxis().
+// Include this header in exactly one translation unit per library (softmax_kernel.cu does).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "softmax_launch.h"
+
+namespace levit_softmax
+{
+namespace detail
+{
+
+constexpr int kWarpSize = 32;
+constexpr int kMaxColsInRegisters = 1024; // 32 values per lane at most: no spills at 2 rows per group
+constexpr int kDefaultWarpsPerBlock = 4;
+constexpr int kDefaultRowsPerThreadGroup = 1;
+constexpr int kMaxWarpsPerBlock = 8;
+constexpr int kLongRowThreads = 256;
+constexpr int64_t kMaxBlocks = int64_t{1} << 20; // grid-stride loops cover any larger row count
+
+//! A vector of N elements, aligned so that one load or store moves it (up to 16 bytes).
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack
+{
+    T v[N];
+};
+
+__device__ __forceinline__ float toFloat(float v)
+{
+    return v;
+}
+
+__device__ __forceinline__ float toFloat(__half v)
+{
+    return __half2float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T fromFloat(float v);
+
+template <>
+__device__ __forceinline__ float fromFloat<float>(float v)
+{
+    return v;
+}
+
+template <>
+__device__ __forceinline__ __half fromFloat<__half>(float v)
+{
+    return __float2half_rn(v);
+}
+
+//! exp for the given output type: fp32 needs expf (about 2 ulp) to stay within 1e-6 of float64;
+//! fp16 output rounds to 2^-11 anyway, so the hardware approximation (about 2^-21) is plenty.
+template <typename T>
+__device__ __forceinline__ float expFor(float d);
+
+template <>
+__device__ __forceinline__ float expFor<float>(float d)
+{
+    return expf(d);
+}
+
+template <>
+__device__ __forceinline__ float expFor<__half>(float d)
+{
+    return __expf(d);
+}
+
+template <int GROUP>
+__device__ __forceinline__ float groupMax(float v)
+{
+#pragma unroll
+    for (int offset = GROUP / 2; offset > 0; offset /= 2)
+    {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    return v;
+}
+
+template <int GROUP>
+__device__ __forceinline__ float groupSum(float v)
+{
+#pragma unroll
+    for (int offset = GROUP / 2; offset > 0; offset /= 2)
+    {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+//! Rows held in registers. Block = (32, warps); each GROUP-lane group owns ROWS consecutive rows
+//! per step. Lane g of a group holds vectors g, g+GROUP, g+2*GROUP, ... of its row, so each load
+//! instruction of the group reads consecutive memory. Loop bounds are block-uniform, so every lane
+//! reaches every shuffle; lanes past the end of a row or of the tensor compute on -inf and store
+//! nothing.
+template <typename T, int VEC, int GROUP, int VECS_PER_LANE, int ROWS>
+__global__ void __launch_bounds__(kWarpSize* kMaxWarpsPerBlock) softmaxRowsInRegistersKernel(
+    T const* __restrict__ x, T* __restrict__ y, int64_t rows, int32_t cols)
+{
+    static_assert(GROUP >= 1 && GROUP <= kWarpSize && (GROUP & (GROUP - 1)) == 0, "GROUP: power of two <= 32");
+    constexpr int kSlots = VEC * VECS_PER_LANE;
+    static_assert(kSlots * GROUP <= kMaxColsInRegisters || GROUP < kWarpSize, "row too long for registers");
+    using VecT = Pack<T, VEC>;
+
+    int const lane = static_cast<int>(threadIdx.x);
+    int const laneInGroup = lane % GROUP;
+    int const groupInWarp = lane / GROUP;
+    int64_t const rowsPerWarp = int64_t{kWarpSize / GROUP} * ROWS;
+    int64_t const rowsPerBlock = rowsPerWarp * blockDim.y;
+
+    for (int64_t blockFirstRow = blockIdx.x * rowsPerBlock; blockFirstRow < rows;
+         blockFirstRow += int64_t{gridDim.x} * rowsPerBlock)
+    {
+        int64_t const firstRow = blockFirstRow + threadIdx.y * rowsPerWarp + groupInWarp * ROWS;
+        float values[ROWS][kSlots];
+        float rowMax[ROWS];
+
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r)
+        {
+            int64_t const row = firstRow + r;
+            rowMax[r] = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < VECS_PER_LANE; ++j)
+            {
+                int const col = (j * GROUP + laneInGroup) * VEC;
+                if (row < rows && col < cols)
+                {
+                    VecT const packed = *reinterpret_cast<VecT const*>(x + row * cols + col);
+#pragma unroll
+                    for (int k = 0; k < VEC; ++k)
+                    {
+                        values[r][j * VEC + k] = toFloat(packed.v[k]);
+                        rowMax[r] = fmaxf(rowMax[r], values[r][j * VEC + k]);
+                    }
+                }
+                else
+                {
+#pragma unroll
+                    for (int k = 0; k < VEC; ++k)
+                    {
+                        values[r][j * VEC + k] = -INFINITY;
+                    }
+                }
+            }
+        }
+
+        float rowSum[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r)
+        {
+            rowMax[r] = groupMax<GROUP>(rowMax[r]);
+            rowSum[r] = 0.0F;
+#pragma unroll
+            for (int s = 0; s < kSlots; ++s)
+            {
+                values[r][s] = expFor<T>(values[r][s] - rowMax[r]);
+                rowSum[r] += values[r][s];
+            }
+        }
+
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r)
+        {
+            int64_t const row = firstRow + r;
+            float const inverseSum = 1.0F / groupSum<GROUP>(rowSum[r]);
+#pragma unroll
+            for (int j = 0; j < VECS_PER_LANE; ++j)
+            {
+                int const col = (j * GROUP + laneInGroup) * VEC;
+                if (row < rows && col < cols)
+                {
+                    VecT packed;
+#pragma unroll
+                    for (int k = 0; k < VEC; ++k)
+                    {
+                        packed.v[k] = fromFloat<T>(values[r][j * VEC + k] * inverseSum);
+                    }
+                    *reinterpret_cast<VecT*>(y + row * cols + col) = packed;
+                }
+            }
+        }
+    }
+}
+
+//! Merges a running (max, sum of exp(x - max)) pair with another; -inf maxima carry no mass.
+template <typename T>
+__device__ __forceinline__ void mergeMaxSum(float& maxValue, float& sum, float otherMax, float otherSum)
+{
+    float const merged = fmaxf(maxValue, otherMax);
+    if (merged == -INFINITY)
+    {
+        return; // both empty so far (or all -inf): sum stays 0
+    }
+    sum = sum * expFor<T>(maxValue - merged) + otherSum * expFor<T>(otherMax - merged);
+    maxValue = merged;
+}
+
+//! One block per row for rows longer than kMaxColsInRegisters: an online max/sum pass, a block
+//! reduction through shared memory, then a pass that reads the row again and writes the output.
+template <typename T, int VEC, int THREADS>
+__global__ void __launch_bounds__(THREADS) softmaxLongRowsKernel(
+    T const* __restrict__ x, T* __restrict__ y, int64_t rows, int32_t cols)
+{
+    static_assert(THREADS % kWarpSize == 0 && THREADS <= 1024, "THREADS: whole warps, at most 1024");
+    constexpr int kWarps = THREADS / kWarpSize;
+    using VecT = Pack<T, VEC>;
+    __shared__ float warpMax[kWarps];
+    __shared__ float warpSum[kWarps];
+    __shared__ float rowStats[2];
+
+    int const vectorsPerRow = cols / VEC;
+    int const lane = static_cast<int>(threadIdx.x) % kWarpSize;
+    int const warp = static_cast<int>(threadIdx.x) / kWarpSize;
+
+    for (int64_t row = blockIdx.x; row < rows; row += gridDim.x)
+    {
+        VecT const* rowIn = reinterpret_cast<VecT const*>(x + row * cols);
+        VecT* rowOut = reinterpret_cast<VecT*>(y + row * cols);
+
+        float maxValue = -INFINITY;
+        float sum = 0.0F;
+        for (int64_t i = threadIdx.x; i < vectorsPerRow; i += THREADS)
+        {
+            VecT const packed = rowIn[i];
+            float packMax = -INFINITY;
+#pragma unroll
+            for (int k = 0; k < VEC; ++k)
+            {
+                packMax = fmaxf(packMax, toFloat(packed.v[k]));
+            }
+            float packSum = 0.0F;
+            if (packMax != -INFINITY)
+            {
+#pragma unroll
+                for (int k = 0; k < VEC; ++k)
+                {
+                    packSum += expFor<T>(toFloat(packed.v[k]) - packMax);
+                }
+            }
+            mergeMaxSum<T>(maxValue, sum, packMax, packSum);
+        }
+
+#pragma unroll
+        for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+        {
+            float const otherMax = __shfl_xor_sync(0xffffffffu, maxValue, offset);
+            float const otherSum = __shfl_xor_sync(0xffffffffu, sum, offset);
+            mergeMaxSum<T>(maxValue, sum, otherMax, otherSum);
+        }
+        if (lane == 0)
+        {
+            warpMax[warp] = maxValue;
+            warpSum[warp] = sum;
+        }
+        __syncthreads();
+        if (warp == 0)
+        {
+            maxValue = lane < kWarps ? warpMax[lane] : -INFINITY;
+            sum = lane < kWarps ? warpSum[lane] : 0.0F;
+#pragma unroll
+            for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+            {
+                float const otherMax = __shfl_xor_sync(0xffffffffu, maxValue, offset);
+                float const otherSum = __shfl_xor_sync(0xffffffffu, sum, offset);
+                mergeMaxSum<T>(maxValue, sum, otherMax, otherSum);
+            }
+            if (lane == 0)
+            {
+                rowStats[0] = maxValue;
+                rowStats[1] = 1.0F / sum;
+            }
+        }
+        __syncthreads();
+        float const rowMax = rowStats[0];
+        float const inverseSum = rowStats[1];
+
+        for (int64_t i = threadIdx.x; i < vectorsPerRow; i += THREADS)
+        {
+            VecT const packed = rowIn[i];
+            VecT result;
+#pragma unroll
+            for (int k = 0; k < VEC; ++k)
+            {
+                result.v[k] = fromFloat<T>(expFor<T>(toFloat(packed.v[k]) - rowMax) * inverseSum);
+            }
+            rowOut[i] = result;
+        }
+        __syncthreads(); // rowStats and the warp partials are reused by the next row
+    }
+}
+
+inline int64_t ceilDiv(int64_t a, int64_t b)
+{
+    return (a + b - 1) / b;
+}
+
+template <typename T, int VEC, int GROUP, int VECS_PER_LANE>
+cudaError_t launchRowsInRegisters(
+    T const* x, T* y, int64_t rows, int32_t cols, SoftmaxLaunchTuning tuning, cudaStream_t stream)
+{
+    int const warps = tuning.warpsPerBlock > 0 ? tuning.warpsPerBlock : kDefaultWarpsPerBlock;
+    int const rowsPerGroup
+        = tuning.rowsPerThreadGroup > 0 ? tuning.rowsPerThreadGroup : kDefaultRowsPerThreadGroup;
+    if (warps > kMaxWarpsPerBlock || (rowsPerGroup != 1 && rowsPerGroup != 2))
+    {
+        return cudaErrorInvalidValue;
+    }
+    int64_t const rowsPerBlock = int64_t{kWarpSize / GROUP} * rowsPerGroup * warps;
+    int64_t const blocks = ceilDiv(rows, rowsPerBlock) < kMaxBlocks ? ceilDiv(rows, rowsPerBlock) : kMaxBlocks;
+    dim3 const grid(static_cast<unsigned int>(blocks));
+    dim3 const block(kWarpSize, static_cast<unsigned int>(warps));
+    if (rowsPerGroup == 2)
+    {
+        softmaxRowsInRegistersKernel<T, VEC, GROUP, VECS_PER_LANE, 2><<<grid, block, 0, stream>>>(x, y, rows, cols);
+    }
+    else
+    {
+        softmaxRowsInRegistersKernel<T, VEC, GROUP, VECS_PER_LANE, 1><<<grid, block, 0, stream>>>(x, y, rows, cols);
+    }
+    return cudaGetLastError();
+}
+
+//! Rows wider than one vector per lane: a whole warp per row, the fewest vectors per lane from the
+//! list that covers the row (unused slots cost registers only, not memory traffic).
+template <typename T, int VEC, int VECS_PER_LANE, int... MORE>
+cudaError_t launchWarpPerRow(T const* x, T* y, int64_t rows, int32_t cols, int32_t vectorsPerRow,
+    SoftmaxLaunchTuning tuning, cudaStream_t stream)
+{
+    if constexpr (VECS_PER_LANE * VEC * kWarpSize <= kMaxColsInRegisters)
+    {
+        if (vectorsPerRow <= VECS_PER_LANE * kWarpSize)
+        {
+            return launchRowsInRegisters<T, VEC, kWarpSize, VECS_PER_LANE>(x, y, rows, cols, tuning, stream);
+        }
+    }
+    if constexpr (sizeof...(MORE) > 0)
+    {
+        return launchWarpPerRow<T, VEC, MORE...>(x, y, rows, cols, vectorsPerRow, tuning, stream);
+    }
+    else
+    {
+        return cudaErrorInvalidValue; // unreachable: longer rows go to the long-row kernel
+    }
+}
+
+template <typename T, int VEC>
+cudaError_t launchForVectorWidth(
+    T const* x, T* y, int64_t rows, int32_t cols, SoftmaxLaunchTuning tuning, cudaStream_t stream)
+{
+    int32_t const vectorsPerRow = cols / VEC;
+    if (cols > kMaxColsInRegisters)
+    {
+        int64_t const blocks = rows < kMaxBlocks ? rows : kMaxBlocks;
+        softmaxLongRowsKernel<T, VEC, kLongRowThreads>
+            <<<static_cast<unsigned int>(blocks), kLongRowThreads, 0, stream>>>(x, y, rows, cols);
+        return cudaGetLastError();
+    }
+    // One vector per lane: the narrowest group that covers the row, several rows per warp.
+    if (vectorsPerRow <= 1)
+    {
+        return launchRowsInRegisters<T, VEC, 1, 1>(x, y, rows, cols, tuning, stream);
+    }
+    if (vectorsPerRow <= 2)
+    {
+        return launchRowsInRegisters<T, VEC, 2, 1>(x, y, rows, cols, tuning, stream);
+    }
+    if (vectorsPerRow <= 4)
+    {
+        return launchRowsInRegisters<T, VEC, 4, 1>(x, y, rows, cols, tuning, stream);
+    }
+    if (vectorsPerRow <= 8)
+    {
+        return launchRowsInRegisters<T, VEC, 8, 1>(x, y, rows, cols, tuning, stream);
+    }
+    if (vectorsPerRow <= 16)
+    {
+        return launchRowsInRegisters<T, VEC, 16, 1>(x, y, rows, cols, tuning, stream);
+    }
+    return launchWarpPerRow<T, VEC, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32>(
+        x, y, rows, cols, vectorsPerRow, tuning, stream);
+}
+
+//! Widest vector (at most 16 bytes) that divides the row length and suits both pointers.
+template <typename T>
+int vectorWidthFor(void const* x, void const* y, int64_t cols)
+{
+    int width = static_cast<int>(16 / sizeof(T));
+    auto const misaligned = [](void const* p, int bytes) {
+        return reinterpret_cast<uintptr_t>(p) % static_cast<uintptr_t>(bytes) != 0;
+    };
+    while (width > 1
+        && (cols % width != 0 || misaligned(x, width * static_cast<int>(sizeof(T)))
+            || misaligned(y, width * static_cast<int>(sizeof(T)))))
+    {
+        width /= 2;
+    }
+    return width;
+}
+
+template <typename T>
+cudaError_t launchForType(
+    void const* x, void* y, int64_t rows, int32_t cols, SoftmaxLaunchTuning tuning, cudaStream_t stream)
+{
+    T const* in = static_cast<T const*>(x);
+    T* out = static_cast<T*>(y);
+    switch (vectorWidthFor<T>(x, y, cols))
+    {
+    case 8:
+        if constexpr (sizeof(T) <= 2)
+        {
+            return launchForVectorWidth<T, 8>(in, out, rows, cols, tuning, stream);
+        }
+        break;
+    case 4: return launchForVectorWidth<T, 4>(in, out, rows, cols, tuning, stream);
+    case 2: return launchForVectorWidth<T, 2>(in, out, rows, cols, tuning, stream);
+    default: return launchForVectorWidth<T, 1>(in, out, rows, cols, tuning, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+} // namespace detail
+
+cudaError_t softmaxLastAxis(void const* x, void* y, int64_t rows, int64_t cols, SoftmaxDType dtype,
+    cudaStream_t stream, SoftmaxLaunchTuning tuning) noexcept
+{
+    if (rows < 0 || cols < 0 || cols > INT32_MAX)
+    {
+        return cudaErrorInvalidValue;
+    }
+    if (rows == 0 || cols == 0)
+    {
+        return cudaSuccess; // nothing to compute: no launch
+    }
+    if (x == nullptr || y == nullptr)
+    {
+        return cudaErrorInvalidValue;
+    }
+    auto const cols32 = static_cast<int32_t>(cols);
+    switch (dtype)
+    {
+    case SoftmaxDType::kFloat32: return detail::launchForType<float>(x, y, rows, cols32, tuning, stream);
+    case SoftmaxDType::kFloat16: return detail::launchForType<__half>(x, y, rows, cols32, tuning, stream);
+    }
+    return cudaErrorInvalidValue;
+}
+
+} // namespace levit_softmax
