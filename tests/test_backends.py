@@ -1,0 +1,60 @@
+"""The backend registry: names, availability with reasons, unsupported combinations as errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from levit_trt.backends.base import BackendUnavailable, ModelSource, UnsupportedCombination
+from levit_trt.backends.registry import BACKENDS, UnknownBackendError, backend_class, create_backend, parse_backends
+from levit_trt.variants import resolve_variant
+from levit_trt.weights import parse_weights, synthetic_images
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> ModelSource:
+    return ModelSource(resolve_variant("128S"), parse_weights("random"), tmp_path_factory.mktemp("cache"))
+
+
+def test_import_needs_no_gpu_library() -> None:
+    """`import levit_trt` and its CPU modules pull in neither tensorrt nor onnxruntime."""
+    code = ("import sys, levit_trt, levit_trt.cli, levit_trt.backends.registry, levit_trt.export, levit_trt.data;"
+            "print(sorted(m for m in ('tensorrt', 'onnxruntime') if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).parents[1])
+    assert output.stdout.strip() == "[]"
+
+
+def test_unknown_backend_lists_valid_ones() -> None:
+    with pytest.raises(UnknownBackendError, match=r"unknown backend 'tensorflow'; valid backends: torch"):
+        backend_class("tensorflow")
+    assert parse_backends("all") == list(BACKENDS)
+
+
+def test_fp16_on_cpu_is_an_error_not_a_skip(source: ModelSource) -> None:
+    with pytest.raises(UnsupportedCombination, match="does not run fp16 on cpu"):
+        create_backend("torch", source, "fp16", "cpu")
+    with pytest.raises(UnsupportedCombination, match="unknown precision 'fp8'"):
+        create_backend("torch", source, "fp8", "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
+def test_cuda_backend_without_gpu_is_unavailable_with_reason(source: ModelSource) -> None:
+    assert "no CUDA device" in backend_class("torch").availability("cuda").reason
+    with pytest.raises(BackendUnavailable, match="no CUDA device"):
+        create_backend("torch", source, "fp16", "cuda")
+
+
+def test_torch_and_onnxruntime_agree_on_cpu(source: ModelSource) -> None:
+    torch_backend = create_backend("torch", source, "fp32", "cpu")
+    ort_backend = create_backend("onnxruntime", source, "fp32", "cpu")
+    images = synthetic_images(4, seed=31)
+    expected = torch_backend(torch_backend.prepare_input(images))
+    got = ort_backend(ort_backend.prepare_input(images))
+    # float32 with another summation order: measured max diff 6e-6 on logits of std ~0.2.
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    assert torch_backend.describe()["backend"] == "torch" and ort_backend.setup_seconds > 0
