@@ -1,0 +1,66 @@
+"""`levit-trt` info/export/eval end to end on this machine, and its errors for bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+from levit_trt.cli import main
+from levit_trt.data import write_synthetic_imagenet
+
+
+def test_info_reports_backends_and_reasons(capsys) -> None:
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert '"cpu"' in out and "onnxruntime" in out and "cpu" in out
+    assert "available" in out
+
+
+def test_export_writes_a_checked_onnx(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "levit.onnx"
+    assert main(["export", "--variant", "LeViT-128S", "--weights", "random", "--exporter", "torchscript",
+                 "--out", str(out)]) == 0
+    assert onnx.load(str(out)).graph.output[0].name == "logits"
+    assert [p.name for p in tmp_path.iterdir()] == ["levit.onnx"]  # no temporary left beside it
+
+
+def test_eval_on_an_imagenet_layout_tree(tmp_path: Path, capsys) -> None:
+    root = write_synthetic_imagenet(tmp_path / "imagenet", num_classes=3, images_per_class=2)
+    (root / "val" / "n00000001" / "broken.JPEG").write_bytes(b"not a jpeg")
+    results = tmp_path / "acc.json"
+    code = main(["eval", "--variant", "128S", "--weights", "random", "--data-path", str(root), "--limit", "7",
+                 "--batch-size", "4", "--workers", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "c"),
+                 "--out", str(results)])
+    assert code == 0
+    (result,) = json.loads(results.read_text())["results"]
+    assert result["images"] == 6 and result["unreadable"] == 1
+    assert result["unreadable_examples"][0].endswith("broken.JPEG")
+    assert "top-1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["export", "--variant", "512", "--weights", "random", "--out", "x.onnx"], "unknown LeViT variant '512'"),
+        (["export", "--weights", "nowhere.pth", "--out", "x.onnx"], "weights file nowhere.pth does not exist"),
+        (["eval", "--weights", "random", "--data-path", "missing-root"], "ImageNet root missing-root does not exist"),
+        (["eval", "--weights", "random", "--data-path", ".", "--backend", "trt"], "no 'val/' folder"),
+    ],
+)
+def test_bad_input_is_a_clear_error(argv: list[str], message: str, capsys, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_backend_and_precision_are_errors(tmp_path: Path, capsys) -> None:
+    root = write_synthetic_imagenet(tmp_path / "imagenet", num_classes=1, images_per_class=1)
+    base = ["eval", "--weights", "random", "--data-path", str(root), "--limit", "1", "--workers", "0",
+            "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
+    assert main([*base, "--backend", "trt"]) == 2
+    assert "unknown backend 'trt'" in capsys.readouterr().err
+    assert main([*base, "--precision", "fp16"]) == 2
+    assert "does not run fp16 on cpu" in capsys.readouterr().err
