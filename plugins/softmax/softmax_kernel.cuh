@@ -127,35 +127,40 @@ __global__ void __launch_bounds__(kWarpSize* kMaxWarpsPerBlock) softmaxRowsInReg
          blockFirstRow += int64_t{gridDim.x} * rowsPerBlock)
     {
         int64_t const firstRow = blockFirstRow + threadIdx.y * rowsPerWarp + groupInWarp * ROWS;
-        float values[ROWS][kSlots];
-        float rowMax[ROWS];
-
+        // Every load is issued before any is used: unconditional, with out-of-range lanes and rows
+        // clamped to a valid address (row 0 of the tensor, column 0 of the row) and masked after.
+        // Loads guarded by a condition and used right away tend to be issued one after another;
+        // unconditional loads let every load of the row be in flight at once.
+        VecT packed[ROWS][VECS_PER_LANE];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r)
         {
             int64_t const row = firstRow + r;
-            rowMax[r] = -INFINITY;
+            T const* rowIn = x + (row < rows ? row : 0) * cols;
 #pragma unroll
             for (int j = 0; j < VECS_PER_LANE; ++j)
             {
                 int const col = (j * GROUP + laneInGroup) * VEC;
-                if (row < rows && col < cols)
-                {
-                    VecT const packed = *reinterpret_cast<VecT const*>(x + row * cols + col);
+                packed[r][j] = *reinterpret_cast<VecT const*>(rowIn + (col < cols ? col : 0));
+            }
+        }
+
+        float values[ROWS][kSlots];
+        float rowMax[ROWS];
 #pragma unroll
-                    for (int k = 0; k < VEC; ++k)
-                    {
-                        values[r][j * VEC + k] = toFloat(packed.v[k]);
-                        rowMax[r] = fmaxf(rowMax[r], values[r][j * VEC + k]);
-                    }
-                }
-                else
-                {
+        for (int r = 0; r < ROWS; ++r)
+        {
+            bool const rowValid = firstRow + r < rows;
+            rowMax[r] = -INFINITY;
 #pragma unroll
-                    for (int k = 0; k < VEC; ++k)
-                    {
-                        values[r][j * VEC + k] = -INFINITY;
-                    }
+            for (int j = 0; j < VECS_PER_LANE; ++j)
+            {
+                bool const valid = rowValid && (j * GROUP + laneInGroup) * VEC < cols;
+#pragma unroll
+                for (int k = 0; k < VEC; ++k)
+                {
+                    values[r][j * VEC + k] = valid ? toFloat(packed[r][j].v[k]) : -INFINITY;
+                    rowMax[r] = fmaxf(rowMax[r], values[r][j * VEC + k]);
                 }
             }
         }
@@ -179,19 +184,20 @@ __global__ void __launch_bounds__(kWarpSize* kMaxWarpsPerBlock) softmaxRowsInReg
         {
             int64_t const row = firstRow + r;
             float const inverseSum = 1.0F / groupSum<GROUP>(rowSum[r]);
+            T* rowOut = y + row * cols;
 #pragma unroll
             for (int j = 0; j < VECS_PER_LANE; ++j)
             {
                 int const col = (j * GROUP + laneInGroup) * VEC;
                 if (row < rows && col < cols)
                 {
-                    VecT packed;
+                    VecT result;
 #pragma unroll
                     for (int k = 0; k < VEC; ++k)
                     {
-                        packed.v[k] = fromFloat<T>(values[r][j * VEC + k] * inverseSum);
+                        result.v[k] = fromFloat<T>(values[r][j * VEC + k] * inverseSum);
                     }
-                    *reinterpret_cast<VecT*>(y + row * cols + col) = packed;
+                    *reinterpret_cast<VecT*>(rowOut + col) = result;
                 }
             }
         }
