@@ -1,0 +1,269 @@
+"""What a TensorRT engine is built from and how: options, the TensorRT 10/11 build plan, cache manifests.
+
+Pure Python (no tensorrt import), so every decision here is unit-tested on a CPU machine;
+`levit_trt.backends.tensorrt` only carries the plan out.
+
+TensorRT 10 vs 11, read from the C++ headers in shared/tensorrt-headers/{10.13,11.1}/NvInfer.h:
+- 10.13 marks BuilderFlag kFP16, kINT8, kOBEY_PRECISION_CONSTRAINTS "deprecated in 10.12,
+  superseded by strong typing"; 11.1's BuilderFlag no longer has them (kTF32 remains, and is
+  "enabled by default" in both).
+- NetworkDefinitionCreationFlag::kSTRONGLY_TYPED is a choice in 10.13; in 11.1 it is "deprecated
+  in 11.0 ... strongly typed mode is always enabled ... ignored". kEXPLICIT_BATCH (ignored since
+  10.0) is gone from 11.1, so we never pass it.
+- IInt8Calibrator/IInt8EntropyCalibrator2, IBuilderConfig::setInt8Calibrator/setCalibrationProfile,
+  ILayer::setPrecision and IBuilder::platformHasFastFp16/Int8 exist (deprecated) in 10.13 and
+  are absent from 11.1: implicit INT8 calibration is a TensorRT 10 path only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+EnginePrecision = Literal["fp32", "fp16", "int8"]
+Int8Mode = Literal["qdq", "calibrator"]
+OnnxForm = Literal["fp32", "fp16", "qdq"]
+
+ENGINE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+INT8_MODES: tuple[str, ...] = ("qdq", "calibrator")
+# Bump when the build code changes in a way that changes the engines it produces.
+ENGINE_RECIPE_VERSION = 1
+# TensorRT's own limits for IBuilderConfig::setBuilderOptimizationLevel (NvInfer.h: "0 to 5",
+# default 3). Only the range's ends come from there.
+OPT_LEVEL_RANGE = (0, 5)
+DEFAULT_OPT_LEVEL = 3
+# Issue 3: "an optimisation profile over a batch range ... defaults covering 1-64 with 16 optimal".
+DEFAULT_BATCH_RANGE = (1, 16, 64)
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Every choice that changes a built engine; validated on creation, errors name the field.
+
+    `strongly_typed="auto"` picks per TensorRT version (see `plan_build`). INT8 comes from a
+    Q/DQ ONNX (`int8_mode="qdq"`, TensorRT 10 and 11) or from TensorRT 10's implicit entropy
+    calibration (`"calibrator"`); `policy`, `float_op_types` and `float_nodes` say which nodes stay
+    float in either path. `calib_dir=None` means synthetic calibration images (`calib_images`).
+    """
+
+    precision: EnginePrecision = "fp32"
+    min_batch: int = DEFAULT_BATCH_RANGE[0]
+    opt_batch: int = DEFAULT_BATCH_RANGE[1]
+    max_batch: int = DEFAULT_BATCH_RANGE[2]
+    tf32: bool = False
+    opt_level: int = DEFAULT_OPT_LEVEL
+    workspace_mib: int | None = None  # None: TensorRT's default (all device memory)
+    timing_cache: Path | None = None
+    strongly_typed: bool | Literal["auto"] = "auto"
+    int8_mode: Int8Mode = "qdq"
+    policy: str = "default"
+    float_op_types: tuple[str, ...] = ()
+    float_nodes: tuple[str, ...] = ()
+    calib_dir: Path | None = None
+    calib_images: int = 512
+    calib_batch: int = 16
+
+    def __post_init__(self) -> None:
+        def bad(field: str, message: str) -> ValueError:
+            return ValueError(f"EngineOptions.{field}: {message}")
+
+        if self.precision not in ENGINE_PRECISIONS:
+            raise bad("precision", f"must be one of {', '.join(ENGINE_PRECISIONS)}, got {self.precision!r}")
+        for name in ("min_batch", "opt_batch", "max_batch", "calib_images", "calib_batch"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(name, f"must be a positive integer, got {value!r}")
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise bad("opt_batch", f"need min_batch <= opt_batch <= max_batch, got "
+                                   f"{self.min_batch} / {self.opt_batch} / {self.max_batch}")
+        low, high = OPT_LEVEL_RANGE
+        if isinstance(self.opt_level, bool) or not isinstance(self.opt_level, int) or not low <= self.opt_level <= high:
+            raise bad("opt_level", f"must be an integer from {low} to {high} (TensorRT's range), got {self.opt_level!r}")
+        if self.workspace_mib is not None and (
+                isinstance(self.workspace_mib, bool) or not isinstance(self.workspace_mib, int) or self.workspace_mib < 1):
+            raise bad("workspace_mib", f"must be a positive number of MiB or None, got {self.workspace_mib!r}")
+        if not isinstance(self.tf32, bool):
+            raise bad("tf32", f"must be True or False, got {self.tf32!r}")
+        if not (isinstance(self.strongly_typed, bool) or self.strongly_typed == "auto"):
+            raise bad("strongly_typed", f"must be 'auto', True or False, got {self.strongly_typed!r}")
+        if self.int8_mode not in INT8_MODES:
+            raise bad("int8_mode", f"must be one of {', '.join(INT8_MODES)}, got {self.int8_mode!r}")
+        if self.int8_mode == "calibrator" and self.strongly_typed is True:
+            raise bad("strongly_typed", "implicit INT8 calibration (int8_mode='calibrator') needs a weakly typed "
+                                        "network; use strongly_typed='auto' or False, or int8_mode='qdq'")
+        if not isinstance(self.policy, str) or not self.policy:
+            raise bad("policy", f"must be a policy name, got {self.policy!r}")
+        for name in ("float_op_types", "float_nodes"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
+                raise bad(name, f"must be a tuple of non-empty names, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("timing_cache", "calib_dir"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value).expanduser())
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """The options as they enter an engine's cache key.
+
+        Two fields are left out on purpose: `timing_cache` is a file of measured tactic timings that
+        only speeds a build up, and `calib_dir` is a location, whose content enters the key through
+        `Int8Source.calibration` (its identity hash) instead.
+        """
+        fields = dataclasses.asdict(self)
+        del fields["timing_cache"], fields["calib_dir"]
+        fields["float_op_types"] = sorted(self.float_op_types)
+        fields["float_nodes"] = sorted(self.float_nodes)
+        return fields
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How `EngineOptions` become a network and builder flags on one TensorRT major version."""
+
+    strongly_typed: bool
+    onnx_form: OnnxForm  # which ONNX the network must be parsed from
+    builder_flags: tuple[str, ...]  # trt.BuilderFlag member names to set (TF32 is cleared otherwise)
+    calibrate: bool  # TensorRT 10 implicit INT8: entropy calibrator + per-layer float constraints
+
+    @property
+    def input_precision(self) -> str:
+        """The engine's input dtype: fp16 only for networks parsed from an fp16 ONNX."""
+        return "fp16" if self.onnx_form == "fp16" else "fp32"
+
+
+def tensorrt_major(version: str) -> int:
+    """Major version from a TensorRT version string such as '10.13.0.35'."""
+    try:
+        return int(version.split(".")[0])
+    except ValueError as error:
+        raise ValueError(f"cannot read a TensorRT version from {version!r}") from error
+
+
+def plan_build(options: EngineOptions, trt_major: int) -> BuildPlan:
+    """Decide typing, ONNX form and flags; raise ValueError for what this TensorRT cannot do.
+
+    TensorRT 11: always strongly typed (the flag is ignored, weak-typing flags are gone), so fp16
+    needs an fp16 ONNX and int8 the Q/DQ ONNX. TensorRT 10, `strongly_typed="auto"`: fp32 and fp16
+    stay weakly typed (fp16 via BuilderFlag.FP16, as the reference `--enable-fp16` did, letting
+    TensorRT keep layers in fp32 where fp16 is not faster), Q/DQ INT8 is strongly typed (the Q/DQ
+    nodes alone decide what runs in INT8, the rest runs in fp32: the engine TensorRT 11 builds and
+    the one the ONNX Runtime accuracy tests predict), and the calibrator path is weakly typed
+    because implicit calibration and ILayer precision constraints only exist there.
+    """
+    if trt_major < 10:
+        raise ValueError(f"TensorRT {trt_major}.x is not supported; levit_trt needs TensorRT 10 or 11")
+    tf32 = ("TF32",) if options.tf32 else ()
+    if trt_major >= 11:
+        if options.strongly_typed is False:
+            raise ValueError(
+                f"EngineOptions.strongly_typed=False: TensorRT {trt_major} builds strongly typed networks only "
+                "(weakly typed precision flags were removed in 11.0); use 'auto' or True")
+        if options.precision == "int8" and options.int8_mode == "calibrator":
+            raise ValueError(
+                f"EngineOptions.int8_mode='calibrator': TensorRT {trt_major} removed implicit INT8 calibration "
+                "(IInt8Calibrator); use int8_mode='qdq' (a Q/DQ ONNX from levit-trt quantize)")
+        form: OnnxForm = {"fp32": "fp32", "fp16": "fp16", "int8": "qdq"}[options.precision]  # type: ignore[assignment]
+        return BuildPlan(True, form, tf32, calibrate=False)
+    strongly = options.strongly_typed
+    if options.precision == "fp32":
+        return BuildPlan(strongly is True, "fp32", tf32, calibrate=False)
+    if options.precision == "fp16":
+        if strongly is True:
+            return BuildPlan(True, "fp16", tf32, calibrate=False)
+        return BuildPlan(False, "fp32", ("FP16", *tf32), calibrate=False)
+    if options.int8_mode == "calibrator":
+        return BuildPlan(False, "fp32", ("INT8", "OBEY_PRECISION_CONSTRAINTS", *tf32), calibrate=True)
+    if strongly is False:
+        # A weakly typed network with Q/DQ layers still needs kINT8 to let TensorRT pick INT8 kernels.
+        return BuildPlan(False, "qdq", ("INT8", *tf32), calibrate=False)
+    return BuildPlan(True, "qdq", tf32, calibrate=False)
+
+
+@dataclass(frozen=True)
+class Int8Source:
+    """Where an INT8 engine's scales came from, and which nodes were kept float: for keys and reports."""
+
+    mode: Int8Mode
+    policy: str
+    float_op_types: tuple[str, ...] = ()
+    float_node_names: tuple[str, ...] = ()
+    calibration: str | None = None  # calibration data identity (quantize.calibration_identity); None: unknown
+
+    def manifest(self) -> dict[str, Any]:
+        return {"mode": self.mode, "policy": self.policy, "float_op_types": sorted(self.float_op_types),
+                "float_node_names": sorted(self.float_node_names), "calibration": self.calibration}
+
+    def describe(self) -> dict[str, Any]:
+        """Short form for `Backend.describe()` and the accuracy JSON."""
+        return {"int8_path": "qdq (explicit Q/DQ ONNX)" if self.mode == "qdq" else "calibrator (TensorRT 10 implicit)",
+                "int8_policy": self.policy, "int8_calibration": self.calibration}
+
+
+@dataclass(frozen=True)
+class GpuIdentity:
+    """The GPU an engine is built for; TensorRT engines only run on the GPU model they were tuned on."""
+
+    name: str
+    compute_capability: str  # "9.0"
+
+
+def engine_manifest(
+    *,
+    tensorrt_version: str,
+    gpu: GpuIdentity,
+    onnx_sha256: str,
+    options: EngineOptions,
+    plugin_sha256: dict[str, str] | None = None,
+    int8: Int8Source | None = None,
+) -> dict[str, Any]:
+    """Every input of an engine build: a cached engine is reused only when all of it matches.
+
+    The full TensorRT version (not only the major) is included because serialized engines are
+    only guaranteed to load in the exact version that built them.
+    """
+    return {
+        "artifact": "tensorrt-engine",
+        "recipe": ENGINE_RECIPE_VERSION,
+        "tensorrt": tensorrt_version,
+        "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+        "onnx_sha256": onnx_sha256,
+        "options": options.manifest_fields(),
+        "plugins": [{"library": name, "sha256": digest} for name, digest in sorted((plugin_sha256 or {}).items())],
+        "int8": int8.manifest() if int8 is not None else None,
+    }
+
+
+def calibration_manifest(
+    *,
+    tensorrt_version: str,
+    gpu: GpuIdentity,
+    onnx_sha256: str,
+    calibration: str,
+    calib_batch: int,
+    algorithm: str = "entropy2",
+) -> dict[str, Any]:
+    """The key of a TensorRT 10 calibration cache: a new model or new calibration data recalibrates.
+
+    The precision policy is not part of it: calibration measures every tensor of the fp32 network,
+    and the float constraints only decide afterwards which of those scales are used.
+    """
+    return {
+        "artifact": "tensorrt-calibration-cache",
+        "tensorrt": tensorrt_version,
+        "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+        "onnx_sha256": onnx_sha256,
+        "calibration": calibration,
+        "calib_batch": calib_batch,
+        "algorithm": algorithm,
+    }
+
+
+def check_batch_in_profile(batch: int, min_batch: int, max_batch: int, where: str = "the engine") -> None:
+    """ValueError when `batch` is outside an engine's optimisation profile, naming the range."""
+    if not min_batch <= batch <= max_batch:
+        raise ValueError(
+            f"batch {batch} is outside {where}'s optimisation profile [{min_batch}, {max_batch}]; rebuild with "
+            f"EngineOptions(min_batch=..., max_batch=...) (levit-trt build --min-batch/--max-batch) to cover it")

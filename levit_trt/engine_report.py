@@ -1,0 +1,125 @@
+"""Reading TensorRT's per-layer engine information: which precision each layer runs in, which ONNX nodes it came from.
+
+Pure Python on the JSON of `IEngineInspector.get_engine_information(LayerInformationFormat.JSON)`
+(built with ProfilingVerbosity.DETAILED), so it is tested on a CPU machine. With DETAILED
+verbosity each entry of "Layers" is an object with "Name", "LayerType", "Inputs"/"Outputs" (each
+with a "Format/Datatype" string such as "Row major linear FP32" or "Channel major FP16 format where
+channel % 8 == 0"), "TacticName" and "Metadata"; the ONNX parser writes "[ONNX Layer: <node>]"
+into Metadata, one per fused node, separated by \\x1f or \\x1e. With less verbosity, entries are
+bare layer-name strings, which summarise as "unknown".
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+LAYERS_FILENAME = "layers.json"
+REPORT_KEY = "levit_trt"  # our build provenance, added beside TensorRT's "Layers" and "Bindings"
+
+# Datatype words TensorRT prints in "Format/Datatype", in order from the least to the most precise:
+# a layer runs in the least precise float/int8 type among its inputs and outputs.
+_DATATYPE_WORDS = {
+    "FP4": "fp4", "Int4": "int4", "Int8": "int8", "FP8": "fp8", "FP16": "fp16", "Half": "fp16",
+    "BF16": "bf16", "FP32": "fp32", "Float": "fp32",
+}
+_PRECISION_ORDER = ("int4", "fp4", "int8", "fp8", "fp16", "bf16", "fp32")
+_INDEX_WORDS = ("Int32", "Int64", "Bool", "UInt8")  # shape/index tensors: not a compute precision
+_DATATYPE_PATTERN = re.compile(r"\b(" + "|".join(list(_DATATYPE_WORDS) + list(_INDEX_WORDS)) + r")\b")
+_ONNX_NODE_PATTERN = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
+REFORMAT = "reformat"
+UNKNOWN = "unknown"
+INDEX = "index"
+
+
+def tensor_precision(format_datatype: str) -> str | None:
+    """'fp32', 'fp16', 'int8', ... from a "Format/Datatype" string; 'index' for int32/int64/bool."""
+    match = _DATATYPE_PATTERN.search(format_datatype)
+    if match is None:
+        return None
+    word = match.group(1)
+    return _DATATYPE_WORDS.get(word, INDEX)
+
+
+def layer_precision(layer: Mapping[str, Any] | str) -> str:
+    """The precision a layer runs in: the least precise float/int8 type among its I/O tensors.
+
+    Reformat layers (TensorRT's own layout/precision conversions) count as 'reformat', so an INT8
+    engine's real float fallbacks are not hidden among conversions; layers whose tensors are all
+    shape/index tensors count as 'index'; entries without tensor information as 'unknown'.
+    """
+    if isinstance(layer, str):
+        return UNKNOWN
+    if str(layer.get("LayerType", "")).lower() == REFORMAT:
+        return REFORMAT
+    found = {tensor_precision(str(t.get("Format/Datatype", "")))
+             for key in ("Inputs", "Outputs") for t in layer.get(key, ()) if isinstance(t, Mapping)}
+    for precision in _PRECISION_ORDER:
+        if precision in found:
+            return precision
+    return INDEX if INDEX in found else UNKNOWN
+
+
+def _layers(layers_json: str | Mapping[str, Any]) -> list[Any]:
+    data = json.loads(layers_json) if isinstance(layers_json, str) else layers_json
+    layers = data.get("Layers") if isinstance(data, Mapping) else None
+    if not isinstance(layers, list):
+        raise ValueError("not TensorRT engine information: expected a JSON object with a 'Layers' list")
+    return layers
+
+
+def summarize_layer_precisions(layers_json: str | Mapping[str, Any]) -> dict[str, int]:
+    """Precision -> number of layers, from the inspector's JSON (text or parsed), least precise first."""
+    counts = Counter(layer_precision(layer) for layer in _layers(layers_json))
+    order = {name: i for i, name in enumerate((*_PRECISION_ORDER, INDEX, REFORMAT, UNKNOWN))}
+    return {name: counts[name] for name in sorted(counts, key=lambda n: order.get(n, len(order)))}
+
+
+def onnx_node_names(metadata: str) -> list[str]:
+    """ONNX node names the ONNX parser recorded in a layer's metadata ('[ONNX Layer: name]' entries)."""
+    return [name for name in _ONNX_NODE_PATTERN.findall(metadata or "") if name]
+
+
+def layers_kept_float(
+    layer_nodes: Sequence[Iterable[str]],
+    node_op_types: Mapping[str, str],
+    float_op_types: Collection[str],
+    float_node_names: Collection[str],
+) -> list[int]:
+    """Indices of network layers that come from an ONNX node the precision policy keeps float.
+
+    `layer_nodes[i]` are the ONNX node names of layer i (from its metadata); a layer is kept float
+    when any of its nodes has a kept op type or is named in the policy. The TensorRT 10 calibrator
+    path pins these layers to fp32, the same nodes the Q/DQ path leaves unquantized.
+    """
+    kept = []
+    for index, nodes in enumerate(layer_nodes):
+        if any(node in float_node_names or node_op_types.get(node) in float_op_types for node in nodes):
+            kept.append(index)
+    return kept
+
+
+def layer_report(engine_information: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """The inspector's JSON plus how the engine was built and its precision summary, for layers.json."""
+    data = json.loads(engine_information)
+    summary = summarize_layer_precisions(data)
+    data[REPORT_KEY] = {**provenance, "precision_summary": summary}
+    return data
+
+
+def write_layer_report(path: Path, report: Mapping[str, Any]) -> None:
+    path.write_text(json.dumps(report, indent=1, sort_keys=False))
+
+
+def read_layer_report(path: Path) -> dict[str, Any]:
+    """A saved layers.json; ValueError naming the file when it is not one."""
+    try:
+        data = json.loads(Path(path).read_text())
+        _layers(data)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable layer report ({error})") from error
+    return data
