@@ -29,7 +29,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"comma-separated backends ({', '.join(BACKENDS)}), 'all', or 'auto': "
                          "torch+onnxruntime on CPU, every CUDA backend on a GPU")
     group.addoption("--precisions", default="auto", help="comma-separated fp32,fp16,bf16,int8; 'auto': fp32 on CPU, fp32,fp16 on GPU")
-    group.addoption("--batch-sizes", default="1,16", help="comma-separated batch sizes (default: 1,16)")
+    group.addoption("--batch-sizes", default="auto",
+                    help="comma-separated batch sizes; 'auto': 1,16 on CPU, 1,16,64 on a GPU")
     group.addoption("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     group.addoption("--weights", default="random",
                     help="pretrained | random[:SEED] | checkpoint path (default: random, no download)")
@@ -89,13 +90,16 @@ def selected_cases(config: pytest.Config, batches: bool = True) -> list[Case]:
     unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8")]
     if unknown:
         raise pytest.UsageError(f"unknown precision(s) {unknown}; choose from fp32, fp16, bf16, int8")
+    size_option = str(config.getoption("--batch-sizes"))
+    if size_option == "auto":
+        size_option = "1,16" if device == "cpu" else "1,16,64"
     try:
-        sizes = [int(b) for b in str(config.getoption("--batch-sizes")).split(",") if b.strip()] if batches else [0]
+        sizes = [int(b) for b in size_option.split(",") if b.strip()] if batches else [0]
     except ValueError as error:
         raise pytest.UsageError(f"--batch-sizes must be comma-separated integers: {error}") from error
     graphs = bool(config.getoption("--cuda-graphs"))
     return [
-        Case(v, b, p, n, device, graphs)
+        Case(v, b, p, n, device, graphs and backend_class(b).graph_capturable)
         for v in variants for b in backends for p in precisions for n in sizes
         if p in backend_class(b).supported.get(device, ())
     ]

@@ -17,6 +17,7 @@ def test_latency(benchmark, case, backend_for, pytestconfig) -> None:
     images = backend.prepare_input(synthetic_images(case.batch, case.variant.input_size, seed=case.batch))
     warmup = pytestconfig.getoption("--warmup-rounds")
     rounds = pytestconfig.getoption("--rounds") or (100 if case.device == "cuda" else 10)
+    backend.prepare_shape(images)  # compile / capture now, so setup time stays out of every timed round
     benchmark.group = f"{case.variant.name}-bs{case.batch}"
     benchmark.extra_info.update({
         "variant": case.variant.name, "backend": case.backend, "precision": case.precision,

@@ -202,6 +202,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=50, help="timed graph replays per measurement")
     parser.add_argument("--calls", type=int, default=20, help="calls captured per graph")
     parser.add_argument("--sweep", action="store_true", help="also time every launch shape (tuning)")
+    parser.add_argument("--correctness-only", action="store_true",
+                        help="only the correctness checks (small and quick: for compute-sanitizer)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
@@ -219,6 +221,8 @@ def main() -> int:
           + ", ".join(f"{d} {e:.3g}" for d, e in sorted(worst.items())))
     for r in failures:
         print(f"  FAILED {r.shape} {r.dtype} {r.inputs}: error {r.relative_error:.3g}, all written {r.all_written}")
+    if args.correctness_only:
+        return 1 if failures else 0
 
     copy_gbs = copy_bandwidth_gbs()
     print(f"device copy bandwidth (1 GiB D2D, read + write): {copy_gbs:.0f} GB/s")

@@ -67,6 +67,9 @@ class Backend(ABC):
     name: ClassVar[str]
     # device type ("cpu"/"cuda") -> precisions this backend runs there
     supported: ClassVar[dict[str, tuple[str, ...]]]
+    # Whether one call can be captured into a CUDA graph by the caller (--cuda-graphs); False for
+    # backends that replay graphs themselves or run on a stream of their own.
+    graph_capturable: ClassVar[bool] = True
 
     def __init__(self, precision: str, device: str) -> None:
         self.check_supported(precision, device)
@@ -100,6 +103,12 @@ class Backend(ABC):
     def prepare_input(self, images: torch.Tensor) -> torch.Tensor:
         """Move a float32 CPU batch to where and what `__call__` expects."""
         return images.to(self.device, self.input_dtype, non_blocking=True)
+
+    def prepare_shape(self, images: torch.Tensor) -> None:
+        """Do the per-shape work (compilation, graph capture) for this batch before anything is timed.
+
+        Its time is added to `setup_seconds`; backends without per-shape work do nothing here.
+        """
 
     @abstractmethod
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...

@@ -11,6 +11,8 @@ from levit_trt.backends.base import Availability, Backend, ModelSource
 BACKENDS: dict[str, str] = {
     "torch": "levit_trt.backends.torch_eager:TorchEagerBackend",
     "torch-plugin": "levit_trt.backends.torch_eager:TorchPluginBackend",
+    "torch-compile": "levit_trt.backends.torch_compiled:TorchCompileBackend",
+    "torch-cudagraph": "levit_trt.backends.torch_compiled:TorchCudaGraphBackend",
     "onnxruntime": "levit_trt.backends.onnxruntime:OnnxRuntimeBackend",
 }
 
