@@ -41,6 +41,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--warmup-rounds", type=int, default=10, help="benchmark warm-up calls (default 10)")
     group.addoption("--rounds", type=int, default=None, help="timed benchmark rounds (default: 100 on GPU, 10 on CPU)")
     group.addoption("--cuda-graphs", action="store_true", help="replay a captured CUDA graph instead of eager calls")
+    group.addoption("--tf32", action="store_true",
+                    help="let fp32 matmuls and convolutions use TF32 on the GPU (default: off, so fp32 means fp32 "
+                         "in every backend, as in TensorRT's fp32 engines)")
     group.addoption("--accuracy-json", default=None, help="append accuracy results to this JSON file")
 
 
@@ -103,6 +106,14 @@ def selected_cases(config: pytest.Config, batches: bool = True) -> list[Case]:
         for v in variants for b in backends for p in precisions for n in sizes
         if p in backend_class(b).supported.get(device, ())
     ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fp32_math(pytestconfig: pytest.Config) -> None:
+    """PyTorch lets cuDNN convolutions use TF32 by default; fp32 results here are IEEE fp32 unless --tf32."""
+    tf32 = bool(pytestconfig.getoption("--tf32"))
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 @pytest.fixture(scope="session")

@@ -54,7 +54,8 @@ REFERENCE_SHAPES: tuple[tuple[tuple[int, ...], torch.dtype, float], ...] = (
     ((16, 12, 49, 49), torch.float16, 3.1),
     ((16, 6, 196, 196), torch.float32, 13.1),
 )
-SWEEP_CONFIGS = tuple(itertools.product((1, 2), (1, 2, 4, 8)))  # (rows per thread group, warps per block)
+# (lanes per row, rows per thread group, warps per block); 0 lanes = the dispatcher's choice
+SWEEP_CONFIGS = tuple(itertools.product((0, 8, 16, 32), (1, 2), (4, 8)))
 
 
 def levit_attention_shapes(batch: int) -> list[tuple[str, tuple[int, int, int, int]]]:
@@ -182,15 +183,22 @@ def measure(label, shape, dtype, op, copy_gbs, args, inputs="hot", issue_us=None
 def tuning_sweep(args) -> list[dict[str, object]]:
     """Median µs of each launch shape of the register path, at the reference shapes (hot)."""
     rows = []
-    shapes = [(s, d) for s, d, _ in REFERENCE_SHAPES] + [((64, 8, 16, 16), torch.float16),
-                                                         ((64, 16, 16, 49), torch.float16)]
+    shapes = [(s, d) for s, d, _ in REFERENCE_SHAPES] + [
+        ((64, 8, 16, 16), torch.float16), ((64, 16, 16, 49), torch.float16), ((64, 9, 49, 49), torch.float16),
+        ((64, 9, 49, 49), torch.float32), ((64, 6, 196, 196), torch.float16)]
     for shape, dtype in shapes:
         x = torch.randn(shape, device="cuda").to(dtype)
         out = torch.empty_like(x)
         row: dict[str, object] = {"shape": shape, "dtype": str(dtype).replace("torch.", "")}
-        for rows_per_group, warps in SWEEP_CONFIGS:
-            fn = lambda r=rows_per_group, w=warps: torch.ops.levit_trt.softmax_tuned(x, out, r, w)  # noqa: E731
-            row[f"r{rows_per_group}w{warps}"] = time_per_call_us(fn, args.rounds, args.calls)["median_us"]
+        for lanes, rows_per_group, warps in SWEEP_CONFIGS:
+            def tuned(r=rows_per_group, w=warps, n=lanes) -> None:
+                torch.ops.levit_trt.softmax_tuned(x, out, r, w, n)
+
+            try:
+                tuned()
+            except RuntimeError:  # these lanes cannot cover the row
+                continue
+            row[f"l{lanes}r{rows_per_group}w{warps}"] = time_per_call_us(tuned, args.rounds, args.calls)["median_us"]
         row["default_out"] = time_per_call_us(lambda: torch.ops.levit_trt.softmax(x, out=out), args.rounds,
                                               args.calls)["median_us"]
         rows.append(row)

@@ -1,9 +1,10 @@
 // Softmax over the last axis of a contiguous tensor, fp32 and fp16, fp32 accumulation.
 //
 // Two paths, chosen per call from the row length:
-//  * rows of up to 1024 elements: a thread group (1..32 lanes of one warp) owns a row and holds it
-//    in registers, so every element is read once and written once. Short rows (16 in fp16, say)
-//    use groups narrower than a warp, so one warp handles several rows at a time.
+//  * rows of up to 1024 elements: a thread group (1..32 lanes of one warp) owns a row (two rows, by
+//    default) and holds it in registers, so every element is read once and written once. Groups are
+//    as narrow as lets each lane hold at most 4 vectors, so short rows (16 or 49 elements) share a
+//    warp and each lane keeps several loads in flight.
 //  * longer rows: one block per row, two passes over global memory (an online max/sum pass, then
 //    the normalising pass, which mostly hits L2).
 // Loads and stores are vectorised up to 16 bytes when the row length and both pointers allow it.
@@ -27,7 +28,8 @@ namespace detail
 constexpr int kWarpSize = 32;
 constexpr int kMaxColsInRegisters = 1024; // 32 values per lane at most: no spills at 2 rows per group
 constexpr int kDefaultWarpsPerBlock = 4;
-constexpr int kDefaultRowsPerThreadGroup = 1;
+constexpr int kDefaultRowsPerThreadGroup = 2; // two rows in flight per group: measured faster at 196
+constexpr int kTargetVecsPerLane = 4;
 constexpr int kMaxWarpsPerBlock = 8;
 constexpr int kLongRowThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t{1} << 20; // grid-stride loops cover any larger row count
@@ -342,26 +344,48 @@ cudaError_t launchRowsInRegisters(
     return cudaGetLastError();
 }
 
-//! Rows wider than one vector per lane: a whole warp per row, the fewest vectors per lane from the
-//! list that covers the row (unused slots cost registers only, not memory traffic).
-template <typename T, int VEC, int VECS_PER_LANE, int... MORE>
-cudaError_t launchWarpPerRow(T const* x, T* y, int64_t rows, int32_t cols, int32_t vectorsPerRow,
+//! A group of GROUP lanes per row, each lane holding the fewest vectors from the list that cover
+//! the row (unused slots cost registers only, not memory traffic). Lists end where a lane would hold
+//! more than 32 values.
+template <typename T, int VEC, int GROUP, int VECS_PER_LANE, int... MORE>
+cudaError_t launchGroupPerRow(T const* x, T* y, int64_t rows, int32_t cols, int32_t vectorsPerRow,
     SoftmaxLaunchTuning tuning, cudaStream_t stream)
 {
-    if constexpr (VECS_PER_LANE * VEC * kWarpSize <= kMaxColsInRegisters)
+    if constexpr (VECS_PER_LANE * VEC <= kMaxColsInRegisters / kWarpSize)
     {
-        if (vectorsPerRow <= VECS_PER_LANE * kWarpSize)
+        if (vectorsPerRow <= VECS_PER_LANE * GROUP)
         {
-            return launchRowsInRegisters<T, VEC, kWarpSize, VECS_PER_LANE>(x, y, rows, cols, tuning, stream);
+            return launchRowsInRegisters<T, VEC, GROUP, VECS_PER_LANE>(x, y, rows, cols, tuning, stream);
         }
     }
     if constexpr (sizeof...(MORE) > 0)
     {
-        return launchWarpPerRow<T, VEC, MORE...>(x, y, rows, cols, vectorsPerRow, tuning, stream);
+        return launchGroupPerRow<T, VEC, GROUP, MORE...>(x, y, rows, cols, vectorsPerRow, tuning, stream);
     }
     else
     {
-        return cudaErrorInvalidValue; // unreachable: longer rows go to the long-row kernel
+        return cudaErrorInvalidValue; // the row does not fit this group width
+    }
+}
+
+//! Group width for a row: the narrowest whose lanes hold at most kTargetVecsPerLane vectors each.
+//! Narrow groups put several rows in a warp, so short rows leave no lane idle, and each lane keeps
+//! several loads in flight (a warp per 49-element row left half its lanes with one 2-byte load).
+template <typename T, int VEC>
+cudaError_t launchForGroupWidth(T const* x, T* y, int64_t rows, int32_t cols, int32_t vectorsPerRow,
+    int32_t group, SoftmaxLaunchTuning tuning, cudaStream_t stream)
+{
+    switch (group)
+    {
+    case 1: return launchGroupPerRow<T, VEC, 1, 1, 2, 3, 4>(x, y, rows, cols, vectorsPerRow, tuning, stream);
+    case 2: return launchGroupPerRow<T, VEC, 2, 1, 2, 3, 4>(x, y, rows, cols, vectorsPerRow, tuning, stream);
+    case 4: return launchGroupPerRow<T, VEC, 4, 1, 2, 3, 4>(x, y, rows, cols, vectorsPerRow, tuning, stream);
+    case 8: return launchGroupPerRow<T, VEC, 8, 1, 2, 3, 4>(x, y, rows, cols, vectorsPerRow, tuning, stream);
+    case 16: return launchGroupPerRow<T, VEC, 16, 1, 2, 3, 4>(x, y, rows, cols, vectorsPerRow, tuning, stream);
+    case kWarpSize:
+        return launchGroupPerRow<T, VEC, kWarpSize, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32>(
+            x, y, rows, cols, vectorsPerRow, tuning, stream);
+    default: return cudaErrorInvalidValue;
     }
 }
 
@@ -369,7 +393,6 @@ template <typename T, int VEC>
 cudaError_t launchForVectorWidth(
     T const* x, T* y, int64_t rows, int32_t cols, SoftmaxLaunchTuning tuning, cudaStream_t stream)
 {
-    int32_t const vectorsPerRow = cols / VEC;
     if (cols > kMaxColsInRegisters)
     {
         int64_t const blocks = rows < kMaxBlocks ? rows : kMaxBlocks;
@@ -377,29 +400,17 @@ cudaError_t launchForVectorWidth(
             <<<static_cast<unsigned int>(blocks), kLongRowThreads, 0, stream>>>(x, y, rows, cols);
         return cudaGetLastError();
     }
-    // One vector per lane: the narrowest group that covers the row, several rows per warp.
-    if (vectorsPerRow <= 1)
+    int32_t const vectorsPerRow = cols / VEC;
+    int32_t group = tuning.lanesPerRow;
+    if (group == 0)
     {
-        return launchRowsInRegisters<T, VEC, 1, 1>(x, y, rows, cols, tuning, stream);
+        group = 1;
+        while (group < kWarpSize && vectorsPerRow > group * kTargetVecsPerLane)
+        {
+            group *= 2;
+        }
     }
-    if (vectorsPerRow <= 2)
-    {
-        return launchRowsInRegisters<T, VEC, 2, 1>(x, y, rows, cols, tuning, stream);
-    }
-    if (vectorsPerRow <= 4)
-    {
-        return launchRowsInRegisters<T, VEC, 4, 1>(x, y, rows, cols, tuning, stream);
-    }
-    if (vectorsPerRow <= 8)
-    {
-        return launchRowsInRegisters<T, VEC, 8, 1>(x, y, rows, cols, tuning, stream);
-    }
-    if (vectorsPerRow <= 16)
-    {
-        return launchRowsInRegisters<T, VEC, 16, 1>(x, y, rows, cols, tuning, stream);
-    }
-    return launchWarpPerRow<T, VEC, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32>(
-        x, y, rows, cols, vectorsPerRow, tuning, stream);
+    return launchForGroupWidth<T, VEC>(x, y, rows, cols, vectorsPerRow, group, tuning, stream);
 }
 
 //! Widest vector (at most 16 bytes) that divides the row length and suits both pointers.

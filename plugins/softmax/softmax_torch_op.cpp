@@ -77,14 +77,19 @@ at::Tensor& softmaxOut(at::Tensor const& x, at::Tensor& out)
     return out;
 }
 
-//! softmax.out with the launch shape forced; for tools/softmax_gpu_check.py's tuning sweep.
-void softmaxTuned(at::Tensor const& x, at::Tensor& out, int64_t rowsPerThreadGroup, int64_t warpsPerBlock)
+//! softmax.out with the launch shape forced (0 = the dispatcher's choice); for the tuning sweep of
+//! tools/softmax_gpu_check.py. A shape whose lanes cannot cover the row is an error.
+void softmaxTuned(at::Tensor const& x, at::Tensor& out, int64_t rowsPerThreadGroup, int64_t warpsPerBlock,
+    int64_t lanesPerRow)
 {
-    TORCH_CHECK(rowsPerThreadGroup >= 0 && rowsPerThreadGroup <= 2 && warpsPerBlock >= 0 && warpsPerBlock <= 8,
-        "levit_trt::softmax_tuned: rows_per_thread_group must be 0..2 and warps_per_block 0..8 (0 = default)");
+    TORCH_CHECK(rowsPerThreadGroup >= 0 && rowsPerThreadGroup <= 2 && warpsPerBlock >= 0 && warpsPerBlock <= 8
+            && lanesPerRow >= 0 && lanesPerRow <= 32,
+        "levit_trt::softmax_tuned: rows_per_thread_group must be 0..2, warps_per_block 0..8 and lanes_per_row "
+        "0..32 (0 = default)");
     SoftmaxLaunchTuning tuning;
     tuning.rowsPerThreadGroup = static_cast<int32_t>(rowsPerThreadGroup);
     tuning.warpsPerBlock = static_cast<int32_t>(warpsPerBlock);
+    tuning.lanesPerRow = static_cast<int32_t>(lanesPerRow);
     c10::cuda::CUDAGuard const deviceGuard(x.device());
     softmaxInto(contiguousCudaInput(x), out, tuning);
 }
@@ -107,7 +112,8 @@ TORCH_LIBRARY(levit_trt, m)
 {
     m.def("softmax(Tensor x) -> Tensor");
     m.def("softmax.out(Tensor x, *, Tensor(a!) out) -> Tensor(a!)");
-    m.def("softmax_tuned(Tensor x, Tensor(a!) out, int rows_per_thread_group, int warps_per_block) -> ()");
+    m.def("softmax_tuned(Tensor x, Tensor(a!) out, int rows_per_thread_group, int warps_per_block, "
+          "int lanes_per_row) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(levit_trt, CUDA, m)
