@@ -8,7 +8,8 @@
 # (the project itself need not be pip-installed: the repository root goes on PYTHONPATH).
 # Results go to $OUT (default ./gpu-results): gpu.log (everything printed), softmax.json,
 # latency.json (pytest-benchmark), latency.md (levit-trt report of it).
-# Matrix selection: MATRIX_VARIANTS (default 384), MATRIX_BACKENDS (default auto: every CUDA
+# TEST_ARGS: pytest arguments of the tests stage (default "-m gpu -n 4": the GPU tests, in xdist
+# workers so that a test that crashes its process fails alone). Matrix selection: MATRIX_VARIANTS (default 384), MATRIX_BACKENDS (default auto: every CUDA
 # backend available), MATRIX_PRECISIONS (fp32,fp16), MATRIX_BATCHES (1,16,64).
 set -uo pipefail
 
@@ -48,7 +49,9 @@ for stage in $stages; do
         run_stage build build
         ;;
     tests)
-        run_stage tests python3 -m pytest tests -q -rs -p no:cacheprovider
+        # xdist workers: a test that crashes its process fails alone instead of ending the stage
+        # shellcheck disable=SC2086
+        run_stage tests python3 -m pytest tests -q -rs -p no:cacheprovider ${TEST_ARGS:--m gpu -n 4}
         ;;
     sanitizer)
         for tool in memcheck racecheck; do

@@ -180,6 +180,14 @@ def measure(label, shape, dtype, op, copy_gbs, args, inputs="hot", issue_us=None
                        issue_us, (torch_t["p10_us"], torch_t["p90_us"]), (plugin_t["p10_us"], plugin_t["p90_us"]))
 
 
+def vectors_per_row(cols: int, dtype: torch.dtype) -> int:
+    """Vectors of the widest width (at most 16 bytes) dividing the row, as the kernel's dispatcher picks."""
+    width = 16 // torch.empty((), dtype=dtype).element_size()
+    while width > 1 and cols % width:
+        width //= 2
+    return cols // width
+
+
 def tuning_sweep(args) -> list[dict[str, object]]:
     """Median µs of each launch shape of the register path, at the reference shapes (hot)."""
     rows = []
@@ -191,13 +199,12 @@ def tuning_sweep(args) -> list[dict[str, object]]:
         out = torch.empty_like(x)
         row: dict[str, object] = {"shape": shape, "dtype": str(dtype).replace("torch.", "")}
         for lanes, rows_per_group, warps in SWEEP_CONFIGS:
+            if lanes and lanes < 32 and vectors_per_row(shape[-1], dtype) > 4 * lanes:
+                continue  # narrow groups hold at most 4 vectors a lane: these lanes cannot cover the row
+
             def tuned(r=rows_per_group, w=warps, n=lanes) -> None:
                 torch.ops.levit_trt.softmax_tuned(x, out, r, w, n)
 
-            try:
-                tuned()
-            except RuntimeError:  # these lanes cannot cover the row
-                continue
             row[f"l{lanes}r{rows_per_group}w{warps}"] = time_per_call_us(tuned, args.rounds, args.calls)["median_us"]
         row["default_out"] = time_per_call_us(lambda: torch.ops.levit_trt.softmax(x, out=out), args.rounds,
                                               args.calls)["median_us"]
