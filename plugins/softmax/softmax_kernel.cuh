@@ -1,9 +1,9 @@
 // Softmax over the last axis of a contiguous tensor, fp32 and fp16, fp32 accumulation.
 //
 // Two paths, chosen per call from the row length:
-//  * rows of up to 1024 elements: a thread group (1..32 lanes of one warp) owns a row (two rows, by
-//    default) and holds it in registers, so every element is read once and written once. Groups are
-//    as narrow as lets each lane hold at most 4 vectors, so short rows (16 or 49 elements) share a
+//  * rows of up to 1024 elements: a thread group (1..32 lanes of one warp) owns one or two rows and
+//    holds them in registers, so every element is read once and written once. Groups are as narrow
+//    as lets each lane hold at most 2 vectors (4 scalars), so short rows (16 or 49 elements) share a
 //    warp and each lane keeps several loads in flight.
 //  * longer rows: one block per row, two passes over global memory (an online max/sum pass, then
 //    the normalising pass, which mostly hits L2).
@@ -28,8 +28,10 @@ namespace detail
 constexpr int kWarpSize = 32;
 constexpr int kMaxColsInRegisters = 1024; // 32 values per lane at most: no spills at 2 rows per group
 constexpr int kDefaultWarpsPerBlock = 4;
-constexpr int kDefaultRowsPerThreadGroup = 2; // two rows in flight per group: measured faster at 196
-constexpr int kTargetVecsPerLane = 4;
+// Group width: the narrowest whose lanes hold at most this many vectors of a row (scalar vectors,
+// i.e. odd rows, more: their 2- or 4-byte loads carry little each).
+constexpr int kTargetVecsPerLane = 2;
+constexpr int kTargetScalarsPerLane = 4;
 constexpr int kMaxWarpsPerBlock = 8;
 constexpr int kLongRowThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t{1} << 20; // grid-stride loops cover any larger row count
@@ -323,8 +325,12 @@ cudaError_t launchRowsInRegisters(
     T const* x, T* y, int64_t rows, int32_t cols, SoftmaxLaunchTuning tuning, cudaStream_t stream)
 {
     int const warps = tuning.warpsPerBlock > 0 ? tuning.warpsPerBlock : kDefaultWarpsPerBlock;
-    int const rowsPerGroup
-        = tuning.rowsPerThreadGroup > 0 ? tuning.rowsPerThreadGroup : kDefaultRowsPerThreadGroup;
+    // Two rows per group when one row gives a lane at most 16 bytes, in loads of 4 bytes or more:
+    // twice the bytes in flight. Measured on an H100 (tools/softmax_gpu_check.py --sweep): fp16
+    // [16,6,196,196] 5.4 us with two rows vs 5.8 with one; fp32 [64,9,49,49] 5.0 vs 5.6; but fp16
+    // rows of 49 (2-byte loads, bound by load instructions) and fp32 rows of 196 ran slower with two.
+    constexpr bool kTwoRows = VECS_PER_LANE * VEC * sizeof(T) <= 16 && VEC * sizeof(T) >= 4;
+    int const rowsPerGroup = tuning.rowsPerThreadGroup > 0 ? tuning.rowsPerThreadGroup : (kTwoRows ? 2 : 1);
     if (warps > kMaxWarpsPerBlock || (rowsPerGroup != 1 && rowsPerGroup != 2))
     {
         return cudaErrorInvalidValue;
@@ -368,9 +374,9 @@ cudaError_t launchGroupPerRow(T const* x, T* y, int64_t rows, int32_t cols, int3
     }
 }
 
-//! Group width for a row: the narrowest whose lanes hold at most kTargetVecsPerLane vectors each.
-//! Narrow groups put several rows in a warp, so short rows leave no lane idle, and each lane keeps
-//! several loads in flight (a warp per 49-element row left half its lanes with one 2-byte load).
+//! Launch for an explicit group width: narrow groups put several rows in a warp, so short rows leave
+//! no lane idle, and each lane keeps several loads in flight (a warp per 49-element row left half its
+//! lanes with one 2-byte load).
 template <typename T, int VEC>
 cudaError_t launchForGroupWidth(T const* x, T* y, int64_t rows, int32_t cols, int32_t vectorsPerRow,
     int32_t group, SoftmaxLaunchTuning tuning, cudaStream_t stream)
@@ -404,8 +410,9 @@ cudaError_t launchForVectorWidth(
     int32_t group = tuning.lanesPerRow;
     if (group == 0)
     {
+        int const target = VEC == 1 ? kTargetScalarsPerLane : kTargetVecsPerLane;
         group = 1;
-        while (group < kWarpSize && vectorsPerRow > group * kTargetVecsPerLane)
+        while (group < kWarpSize && vectorsPerRow > group * target)
         {
             group *= 2;
         }
