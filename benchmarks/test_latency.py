@@ -17,15 +17,16 @@ import pytest
 import torch
 
 from conftest import benchmark_rounds
+from levit_trt.backends.registry import backend_class
 from levit_trt.export import NUM_CLASSES
 from levit_trt.timing import capture_cuda_graph, synchronised, time_cuda_events
 from levit_trt.weights import synthetic_images
 
 
 def test_latency(benchmark, case, backend_for, pytestconfig) -> None:
-    backend = backend_for(case)
-    if case.cuda_graphs and not backend.cuda_graph_capture:
+    if case.cuda_graphs and not backend_class(case.backend).cuda_graph_capture:
         pytest.skip(f"backend {case.backend!r} cannot be captured into a CUDA graph; run it without --cuda-graphs")
+    backend = backend_for(case)
     warmup, rounds = benchmark_rounds(pytestconfig, case.device)
     images = backend.prepare_input(synthetic_images(case.batch, case.variant.input_size, seed=case.batch))
     logits = backend(images)  # untimed: a backend that returns nonsense fails here, not in a table

@@ -23,7 +23,7 @@ import torch
 from conftest import benchmark_rounds, selected_batch_sizes, selected_variants
 from levit_trt.backends.base import BackendUnavailable
 from levit_trt.environment import module_versions
-from levit_trt.plugins import PluginNotBuiltError, load_torch_op
+from levit_trt.plugins import PluginNotBuiltError, load_torch_op, plugin_softmax
 from levit_trt.timing import synchronised, time_cuda_graph
 from levit_trt.variants import attention_shapes
 
@@ -71,9 +71,10 @@ def softmax_function(case: SoftmaxCase) -> Callable[[torch.Tensor], torch.Tensor
         return partial(torch.softmax, dim=-1)
     if case.implementation == "plugin":
         try:
-            return load_torch_op()
+            load_torch_op()
         except PluginNotBuiltError as error:
             pytest.skip(f"softmax op not built: {error}")
+        return plugin_softmax
     if "tensorrt" not in module_versions():
         pytest.skip("TensorRT is not installed (no tensorrt distribution; pip install tensorrt)")
     try:
