@@ -132,6 +132,7 @@ def selected_cases(config: pytest.Config, batches: bool = True) -> list[Case]:
 def pytest_configure(config: pytest.Config) -> None:
     """Check the matrix options once, before collection: a bad name stops the run with one clear
     usage error instead of a collection error in every module."""
+    benchmark_rounds(config, selected_device(config))
     selected_cases(config)
 
 
