@@ -38,7 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="ImageNet root holding val/<wnid>/<image> (or env IMAGENET_ROOT)")
     group.addoption("--imagenet-limit", type=int, default=None, help="seeded class-balanced subset of N images")
     group.addoption("--cache-dir", default=None, help="artifact cache (or env LEVIT_TRT_CACHE; default ~/.cache/levit_trt)")
-    group.addoption("--warmup-rounds", type=int, default=10, help="benchmark warm-up calls (default 10)")
+    group.addoption("--warmup-rounds", type=int, default=None, help="benchmark warm-up calls (default: 10 on GPU, 3 on CPU)")
     group.addoption("--rounds", type=int, default=None, help="timed benchmark rounds (default: 100 on GPU, 10 on CPU)")
     group.addoption("--cuda-graphs", action="store_true", help="replay a captured CUDA graph instead of eager calls")
     group.addoption("--tf32", action="store_true",
@@ -73,11 +73,44 @@ def selected_device(config: pytest.Config) -> str:
     return device
 
 
+def benchmark_rounds(config: pytest.Config, device: str) -> tuple[int, int]:
+    """(warm-up calls, timed rounds) from --warmup-rounds/--rounds, with defaults for the device."""
+    on_gpu = device == "cuda"
+    warmup = config.getoption("--warmup-rounds")
+    rounds = config.getoption("--rounds")
+    warmup = (10 if on_gpu else 3) if warmup is None else warmup
+    rounds = (100 if on_gpu else 10) if rounds is None else rounds
+    if warmup < 0 or rounds < 1:
+        raise pytest.UsageError(f"--warmup-rounds must be >= 0 and --rounds >= 1 (got {warmup}, {rounds})")
+    return warmup, rounds
+
+
+def selected_variants(config: pytest.Config) -> list[Variant]:
+    try:
+        return resolve_variants(config.getoption("--variants"))
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from error
+
+
+def selected_batch_sizes(config: pytest.Config) -> list[int]:
+    """`--batch-sizes`; 'auto' is 1,16 on the CPU and 1,16,64 on a GPU (issue 8's matrix)."""
+    option = str(config.getoption("--batch-sizes"))
+    if option == "auto":
+        option = "1,16" if selected_device(config) == "cpu" else "1,16,64"
+    try:
+        sizes = [int(b) for b in option.split(",") if b.strip()]
+    except ValueError as error:
+        raise pytest.UsageError(f"--batch-sizes must be comma-separated integers: {error}") from error
+    if not sizes or min(sizes) < 1:
+        raise pytest.UsageError(f"--batch-sizes must be positive integers, got {config.getoption('--batch-sizes')!r}")
+    return sizes
+
+
 def selected_cases(config: pytest.Config, batches: bool = True) -> list[Case]:
     """The matrix from the options; unsupported precision/backend pairs are left out."""
     device = selected_device(config)
+    variants = selected_variants(config)
     try:
-        variants = resolve_variants(config.getoption("--variants"))
         backend_option = config.getoption("--backends")
         if backend_option == "auto":
             backends = [n for n in BACKENDS if device in backend_class(n).supported]
@@ -93,16 +126,12 @@ def selected_cases(config: pytest.Config, batches: bool = True) -> list[Case]:
     unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8")]
     if unknown:
         raise pytest.UsageError(f"unknown precision(s) {unknown}; choose from fp32, fp16, bf16, int8")
-    size_option = str(config.getoption("--batch-sizes"))
-    if size_option == "auto":
-        size_option = "1,16" if device == "cpu" else "1,16,64"
-    try:
-        sizes = [int(b) for b in size_option.split(",") if b.strip()] if batches else [0]
-    except ValueError as error:
-        raise pytest.UsageError(f"--batch-sizes must be comma-separated integers: {error}") from error
+    sizes = selected_batch_sizes(config) if batches else [0]
     graphs = bool(config.getoption("--cuda-graphs"))
+    if graphs and device != "cuda":
+        raise pytest.UsageError("--cuda-graphs replays CUDA graphs and needs a GPU (--device cuda)")
     return [
-        Case(v, b, p, n, device, graphs and backend_class(b).graph_capturable)
+        Case(v, b, p, n, device, graphs)
         for v in variants for b in backends for p in precisions for n in sizes
         if p in backend_class(b).supported.get(device, ())
     ]
@@ -114,6 +143,21 @@ def fp32_math(pytestconfig: pytest.Config) -> None:
     tf32 = bool(pytestconfig.getoption("--tf32"))
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Check the matrix options once, before collection: a bad name stops the run with one clear
+    usage error instead of a collection error in every module."""
+    benchmark_rounds(config, selected_device(config))
+    selected_cases(config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
+    """Every saved run says which GPU, driver, CUDA and library versions produced it."""
+    from levit_trt.environment import machine_info as levit_machine_info
+
+    machine_info["levit_trt"] = levit_machine_info()
 
 
 @pytest.fixture(scope="session")

@@ -110,13 +110,52 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_eval)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from levit_trt.report import latency_rows, report_markdown, save_plot
+    from levit_trt.runs import load_run, load_top1
+
+    run = load_run(args.run)
+    top1 = load_top1(args.accuracy) if args.accuracy else None
+    print(report_markdown(run, top1, args.baseline), end="")
+    if args.plot:
+        print(f"\nwrote {save_plot(latency_rows(run), args.plot)}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("report", help="Markdown latency tables (and a PNG plot) from a saved benchmark run")
+    parser.add_argument("run", type=Path, help="pytest-benchmark JSON (pytest benchmarks --benchmark-json RUN.json)")
+    parser.add_argument("--accuracy", type=Path, default=None, help="accuracy JSON (levit-trt eval --out) for top-1")
+    parser.add_argument("--baseline", default="torch-fp32",
+                        help="BACKEND-PRECISION the speed-ups are against, e.g. torch-cudagraph-fp16 (default torch-fp32)")
+    parser.add_argument("--plot", type=Path, default=None, help="also write latency against batch as this PNG")
+    parser.set_defaults(handler=_report)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from levit_trt.report import compare
+
+    comparison = compare(args.old, args.new, args.fail_above)
+    print(comparison.to_markdown(), end="")
+    return 1 if comparison.regressions else 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("compare", help="per-case new/old latency ratios of two saved benchmark runs")
+    parser.add_argument("old", type=Path, help="pytest-benchmark JSON of the earlier run")
+    parser.add_argument("new", type=Path, help="pytest-benchmark JSON of the later run")
+    parser.add_argument("--fail-above", type=float, default=None, metavar="PCT",
+                        help="flag cases more than PCT%% slower and exit with status 1 if there are any")
+    parser.set_defaults(handler=_compare)
+
+
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-SUBCOMMANDS = [_add_info, _add_export, _add_eval]
+SUBCOMMANDS = [_add_info, _add_export, _add_eval, _add_report, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,10 @@ from typing import Any
 
 import torch
 
-_PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "numpy")
+# Modules whose versions a result depends on. Each version is read from the metadata of the
+# distribution that installs the module (onnxruntime-gpu for onnxruntime, tensorrt-cu12-bindings
+# for tensorrt, ...), so nothing is imported and type-stub packages are not mistaken for a library.
+_MODULES = ("torch", "timm", "onnx", "onnxruntime", "tensorrt", "numpy")
 
 
 def package_version(name: str) -> str | None:
@@ -19,6 +22,19 @@ def package_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def module_versions(modules: tuple[str, ...] = _MODULES) -> dict[str, str]:
+    """Version of each installed module in `modules`, by import name; absent ones are left out."""
+    providers = metadata.packages_distributions()
+    versions: dict[str, str] = {}
+    for module in modules:
+        for distribution in providers.get(module, ()):
+            version = None if distribution.endswith("-stubs") else package_version(distribution)
+            if version:
+                versions[module] = version
+                break
+    return versions
 
 
 def _driver_version() -> str | None:
@@ -36,11 +52,12 @@ def _driver_version() -> str | None:
 
 def _cpu_name() -> str:
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
-        pass
+        pass  # not Linux: platform's answer below
     return platform.processor() or platform.machine()
 
 
@@ -51,8 +68,9 @@ def machine_info() -> dict[str, Any]:
         "cpu_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "versions": {name: package_version(name) for name in _PACKAGES if package_version(name)},
+        "versions": module_versions(),
         "torch_cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

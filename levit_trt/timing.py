@@ -126,3 +126,12 @@ def time_cuda_graph(
     graph = capture_cuda_graph(repeated)
     timing = time_cuda_events(graph.replay, warmup=warmup, rounds=rounds)
     return GpuTiming(tuple(t / calls_per_graph for t in timing.times_ms), "cuda-graph")
+
+
+def synchronised(fn: Callable[[], object]) -> Callable[[], None]:
+    """`fn` followed by a device synchronisation, so that a wall-clock timer sees the work end."""
+    def run() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    return run

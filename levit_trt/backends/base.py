@@ -67,9 +67,9 @@ class Backend(ABC):
     name: ClassVar[str]
     # device type ("cpu"/"cuda") -> precisions this backend runs there
     supported: ClassVar[dict[str, tuple[str, ...]]]
-    # Whether one call can be captured into a CUDA graph by the caller (--cuda-graphs); False for
-    # backends that replay graphs themselves or run on a stream of their own.
-    graph_capturable: ClassVar[bool] = True
+    # Whether `__call__` may be captured into a CUDA graph (`--cuda-graphs`): only work enqueued on
+    # the current stream, no host synchronisation, not already a graph replay of its own.
+    cuda_graph_capture: ClassVar[bool] = False
 
     def __init__(self, precision: str, device: str) -> None:
         self.check_supported(precision, device)

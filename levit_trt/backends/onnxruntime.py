@@ -32,7 +32,6 @@ def onnxruntime_version() -> str | None:
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     supported = {"cpu": ("fp32",), "cuda": ("fp32",)}
-    graph_capturable = False  # runs on a stream of its own
 
     def __init__(
         self,

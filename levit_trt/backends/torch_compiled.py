@@ -43,7 +43,6 @@ class TorchCompileBackend(Backend):
 
     name = "torch-compile"
     supported = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
-    graph_capturable = False
 
     def __init__(self, source: ModelSource, precision: str = "fp32", device: str = "cpu",
                  mode: str | None = None) -> None:
@@ -100,7 +99,6 @@ class TorchCudaGraphBackend(Backend):
 
     name = "torch-cudagraph"
     supported = {"cuda": ("fp32", "fp16", "bf16")}
-    graph_capturable = False
 
     def __init__(self, source: ModelSource, precision: str = "fp32", device: str = "cuda") -> None:
         super().__init__(precision, device)

@@ -13,6 +13,7 @@ class TorchEagerBackend(Backend):
     name = "torch"
     supported = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
     softmax = "native"
+    cuda_graph_capture = True
 
     def __init__(self, source: ModelSource, precision: str = "fp32", device: str = "cpu") -> None:
         super().__init__(precision, device)

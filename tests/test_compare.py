@@ -1,0 +1,96 @@
+"""`levit-trt compare`: cases matched by id, new/old per case, regressions beyond a threshold.
+
+The new fixture differs from the old one in known ways (tests/data/run_h100_new.json): torch fp32
+bs1 8.0 -> 7.2 ms, TensorRT fp16 bs1 0.5 -> 0.6 ms, TensorRT fp16 bs16 1.5 -> 1.62 ms, the plugin
+softmax 6.2 -> 9.3 us; LeViT-384 TensorRT only in old, ONNX Runtime bs1 only in new.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from levit_trt.cli import main
+from levit_trt.report import compare
+from levit_trt.runs import RunFileError
+
+DATA = Path(__file__).parent / "data"
+OLD = DATA / "run_h100_old.json"
+NEW = DATA / "run_h100_new.json"
+
+
+def test_ratios_per_case() -> None:
+    comparison = compare(OLD, NEW)
+    ratios = {change.id: round(change.ratio, 6) for change in comparison.changes}
+    assert ratios == {
+        "levit_384-torch-fp32-bs16": 1.0,
+        "levit_128s-torch-fp32-bs1": 0.9,
+        "levit_128s-torch-fp16-bs1": 1.0,
+        "levit_128s-tensorrt-fp16-bs1": 1.2,
+        "levit_128s-torch-fp32-bs16": 1.0,
+        "levit_128s-torch-cudagraph-fp16-bs16": 1.0,
+        "levit_128s-tensorrt-fp16-bs16": 1.08,
+        "softmax-plugin-fp16-16x4x196x196": 1.5,
+    }
+    assert {change.metric for change in comparison.changes} == {"gpu median"}
+    assert comparison.only_old == ("levit_384-tensorrt-fp16-bs16",)
+    assert comparison.only_new == ("levit_128s-onnxruntime-fp32-bs1",)
+    assert comparison.regressions == ()  # no threshold, nothing flagged
+
+
+def test_regressions_beyond_the_threshold() -> None:
+    assert [c.id for c in compare(OLD, NEW, fail_above_pct=10).regressions] == [
+        "levit_128s-tensorrt-fp16-bs1", "softmax-plugin-fp16-16x4x196x196"]
+    assert [c.id for c in compare(OLD, NEW, fail_above_pct=5).regressions] == [
+        "levit_128s-tensorrt-fp16-bs1", "levit_128s-tensorrt-fp16-bs16", "softmax-plugin-fp16-16x4x196x196"]
+    assert compare(OLD, NEW, fail_above_pct=60).regressions == ()
+
+
+def test_wall_clock_when_either_run_lacks_gpu_time(tmp_path: Path) -> None:
+    document = json.loads(NEW.read_text())
+    del document["benchmarks"][0]["extra_info"]["gpu_median_ms"]  # levit_384 torch fp32 bs16
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(document))
+    (change,) = [c for c in compare(OLD, new).changes if c.id == "levit_384-torch-fp32-bs16"]
+    assert change.metric == "wall median" and change.old_ms == change.new_ms == pytest.approx(8.9)
+
+
+def test_markdown_flags_and_lists_unmatched_cases() -> None:
+    text = compare(OLD, NEW, fail_above_pct=10).to_markdown()
+    assert "| levit_128s-tensorrt-fp16-bs1 | gpu median | 0.500 | 0.600 | 1.200 | REGRESSION (> +10%) |" in text
+    assert "| levit_128s-torch-fp32-bs1 | gpu median | 8.00 | 7.20 | 0.900 |  |" in text
+    assert "| softmax-plugin-fp16-16x4x196x196 | gpu median | 0.00620 | 0.00930 | 1.500 | REGRESSION (> +10%) |" in text
+    assert "only in old: levit_384-tensorrt-fp16-bs16" in text
+    assert "only in new: levit_128s-onnxruntime-fp32-bs1" in text
+    assert text.endswith("2 of 8 cases slower by more than 10%.\n")
+
+
+def test_cli_exit_status(capsys) -> None:
+    assert main(["compare", str(OLD), str(NEW)]) == 0
+    assert main(["compare", str(OLD), str(NEW), "--fail-above", "60"]) == 0
+    assert main(["compare", str(OLD), str(NEW), "--fail-above", "10"]) == 1
+    assert "2 of 8 cases slower by more than 10%." in capsys.readouterr().out
+
+
+def test_bad_input(tmp_path: Path, capsys) -> None:
+    with pytest.raises(ValueError, match=r"have no case in common \(old has e.g. levit_384-torch-fp32-bs16, new has "
+                                         r"e.g. levit_384-torch-fp32-bs16\)"):
+        compare(OLD, _renamed(tmp_path))
+    with pytest.raises(RunFileError, match="accuracy_h100.json is not a pytest-benchmark run"):
+        compare(OLD, DATA / "accuracy_h100.json")
+    with pytest.raises(ValueError, match="--fail-above must be a percentage >= 0, got -5"):
+        compare(OLD, NEW, fail_above_pct=-5)
+    assert main(["compare", str(OLD), str(DATA / "accuracy_h100.json")]) == 2
+    assert "levit-trt compare: error:" in capsys.readouterr().err
+
+
+def _renamed(tmp_path: Path) -> Path:
+    """A run whose cases come from another test file, so none matches the old run's ids."""
+    document = json.loads(NEW.read_text())
+    for bench in document["benchmarks"]:
+        bench["fullname"] = bench["fullname"].replace("benchmarks/", "elsewhere/")
+    path = tmp_path / "renamed.json"
+    path.write_text(json.dumps(document))
+    return path
