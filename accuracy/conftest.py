@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from levit_trt.data import Batch, DecodedImages, LoaderOptions, decode_images, imagenet_loader
 from levit_trt.variants import Variant
@@ -49,7 +50,7 @@ def reference_logits(weights_spec: WeightsSpec, agreement_images: Callable[[Vari
 class StreamedImages:
     """A loader read afresh on each pass: for sets too large to keep decoded in memory."""
 
-    loader: torch.utils.data.DataLoader
+    loader: DataLoader
     samples: list[tuple[Path, int]]
 
     def batches(self) -> Iterator[Batch]:

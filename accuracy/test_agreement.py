@@ -8,6 +8,8 @@ Floors: levit_trt.thresholds.AGREEMENT_FLOORS. Runs on a CPU (PyTorch and ONNX R
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import torch
 
 from levit_trt.thresholds import AGREEMENT_FLOORS, agreement
@@ -25,7 +27,7 @@ def test_agrees_with_pytorch_fp32(every_precision_case, backend_for, agreement_i
     assert non_finite == 0, f"{case.model_id} produced NaN/inf logits for {non_finite} of {len(images)} images"
     measured = agreement(logits, reference_logits(case.variant))
     floor = AGREEMENT_FLOORS[case.precision]
-    record_property("agreement", measured.__dict__)
+    record_property("agreement", asdict(measured))
     assert measured.meets(floor), (
         f"{case.model_id} vs PyTorch fp32 on {measured.images} images: top-1 agreement {measured.top1:.3f} "
         f"(floor {floor.top1}), mean logit cosine {measured.cosine:.6f} (floor {floor.cosine}), "
