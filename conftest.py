@@ -7,7 +7,7 @@ suites run; anything the machine cannot run is skipped with its reason (`pytest 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from levit_trt.backends.base import Backend, BackendUnavailable, ModelSource
+from levit_trt.backends.base import PRECISIONS, Backend, BackendUnavailable, ModelSource
 from levit_trt.backends.registry import BACKENDS, backend_class, parse_backends
 from levit_trt.cache import ensure_cache_dir
 from levit_trt.variants import Variant, resolve_variant, resolve_variants
@@ -60,8 +60,13 @@ class Case:
 
     @property
     def id(self) -> str:
+        return f"{self.model_id}-bs{self.batch}"
+
+    @property
+    def model_id(self) -> str:
+        """The id without the batch size, for cases that do not depend on it."""
         graph = "-graph" if self.cuda_graphs else ""
-        return f"{self.variant.name}-{self.backend}{graph}-{self.precision}-bs{self.batch}"
+        return f"{self.variant.name}-{self.backend}{graph}-{self.precision}"
 
 
 def selected_device(config: pytest.Config) -> str:
@@ -106,8 +111,13 @@ def selected_batch_sizes(config: pytest.Config) -> list[int]:
     return sizes
 
 
-def selected_cases(config: pytest.Config, batches: bool = True) -> list[Case]:
-    """The matrix from the options; unsupported precision/backend pairs are left out."""
+def selected_cases(config: pytest.Config, batches: bool = True,
+                   auto_precisions: Sequence[str] | None = None) -> list[Case]:
+    """The matrix from the options; unsupported precision/backend pairs are left out.
+
+    `auto_precisions` replaces what `--precisions auto` means (e.g. every precision, for suites
+    that should cover each one a backend supports here).
+    """
     device = selected_device(config)
     variants = selected_variants(config)
     try:
@@ -121,7 +131,8 @@ def selected_cases(config: pytest.Config, batches: bool = True) -> list[Case]:
     except ValueError as error:
         raise pytest.UsageError(str(error)) from error
     precision_option = config.getoption("--precisions")
-    precisions = (["fp32"] if device == "cpu" else ["fp32", "fp16"]) if precision_option == "auto" \
+    default_precisions = auto_precisions or (["fp32"] if device == "cpu" else ["fp32", "fp16"])
+    precisions = list(default_precisions) if precision_option == "auto" \
         else [p.strip() for p in precision_option.split(",") if p.strip()]
     unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8")]
     if unknown:
@@ -209,11 +220,14 @@ def backend_for(model_source: Callable[[Variant | str], ModelSource]) -> Callabl
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """`case` parametrises over the full matrix; `model_case` over it without batch sizes."""
-    for name, batches in (("case", True), ("model_case", False)):
+    """`case` parametrises over the full matrix; `model_case` over it without batch sizes;
+    `every_precision_case` too, but with `--precisions auto` meaning every precision a backend
+    supports here (for the agreement suite, the one accuracy check that runs everywhere)."""
+    for name, batches, auto_precisions in (("case", True, None), ("model_case", False, None),
+                                           ("every_precision_case", False, PRECISIONS)):
         if name in metafunc.fixturenames:
-            cases = selected_cases(metafunc.config, batches=batches)
-            ids = [c.id if batches else c.id.rsplit("-bs", 1)[0] for c in cases]
+            cases = selected_cases(metafunc.config, batches=batches, auto_precisions=auto_precisions)
+            ids = [c.id if batches else c.model_id for c in cases]
             metafunc.parametrize(name, cases, ids=ids)
 
 
@@ -221,8 +235,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark GPU and TensorRT cases so `-m 'not gpu'` and friends select them."""
     for item in items:
         params = item.callspec.params if hasattr(item, "callspec") else {}
-        case = params.get("case") or params.get("model_case")
-        if isinstance(case, Case):
+        case = next((p for p in params.values() if isinstance(p, Case)), None)
+        if case is not None:
             if case.device == "cuda":
                 item.add_marker(pytest.mark.gpu)
             if case.backend.startswith("tensorrt"):

@@ -84,9 +84,8 @@ def _eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, limit=args.limit, split=args.split))
     source = ModelSource(variant, weights, ensure_cache_dir(args.cache_dir))
     backend = create_backend(args.backend, source, args.precision, args.device)
-    result = evaluate(backend, loader, variant=variant.name, weights=weights.describe(),
-                      samples=loader.dataset.dataset.samples if args.limit else loader.dataset.samples,
-                      extra=backend.describe())
+    result = evaluate(backend, loader, variant=variant, weights=weights.describe(),
+                      samples=loader.dataset.samples, extra={"data_path": str(args.data_path), "limit": args.limit})
     print(f"{variant.display} {backend.name} {backend.precision}: top-1 {result.top1:.2f}  "
           f"top-5 {result.top5:.2f}  ({result.images} images, {result.unreadable} unreadable, "
           f"{result.images_per_s:.0f} img/s)")
@@ -104,7 +103,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: CPU cores - 1)")
     parser.add_argument("--limit", type=int, default=None, help="seeded class-balanced subset of N images")
     parser.add_argument("--out", type=Path, default=None, help="accuracy JSON to append the result to")
     parser.set_defaults(handler=_eval)
