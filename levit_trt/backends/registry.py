@@ -12,6 +12,8 @@ BACKENDS: dict[str, str] = {
     "torch": "levit_trt.backends.torch_eager:TorchEagerBackend",
     "torch-plugin": "levit_trt.backends.torch_eager:TorchPluginBackend",
     "onnxruntime": "levit_trt.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "levit_trt.backends.tensorrt:TensorRTBackend",
+    "tensorrt-plugin": "levit_trt.backends.tensorrt:TensorRTPluginBackend",
 }
 
 
