@@ -95,17 +95,18 @@ def int8_inputs_loader(options: EngineOptions, variant: Variant | None) -> Calla
     """
 
     def load() -> Int8Inputs:
+        if options.calib_dir is None and variant is None:
+            raise ValueError("an INT8 build from an fp32 ONNX needs calibration images: pass --calib DIR (written by "
+                             "levit-trt calibrate), or build from the Q/DQ ONNX that levit-trt quantize writes")
         from levit_trt.calibration import load_calibration_set, synthetic_calibration_set
         from levit_trt.precision_policy import resolve_policy
 
         policy = resolve_policy(options.policy, options.float_op_types, options.float_nodes)
         if options.calib_dir is not None:
             calibration = load_calibration_set(options.calib_dir)
-        elif variant is not None:
-            calibration = synthetic_calibration_set(variant, options.calib_images)
         else:
-            raise ValueError("an INT8 build from an fp32 ONNX needs calibration images: pass --calib DIR (written by "
-                             "levit-trt calibrate), or build from the Q/DQ ONNX that levit-trt quantize writes")
+            assert variant is not None
+            calibration = synthetic_calibration_set(variant, options.calib_images)
         return Int8Inputs(calibration, policy)
 
     return load

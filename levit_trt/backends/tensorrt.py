@@ -228,7 +228,8 @@ class _CalibrationResult:
     error: BaseException | None = None  # raised while TensorRT was calling the calibrator
 
 
-def _entropy_calibrator(job: CalibrationJob, device: torch.device, result: _CalibrationResult) -> Any:
+def _entropy_calibrator(job: CalibrationJob, device: torch.device,
+                        result: _CalibrationResult) -> trt.IInt8EntropyCalibrator2:
     """TensorRT 10's IInt8EntropyCalibrator2 fed from the job's batches through one PyTorch CUDA buffer."""
     import tensorrt as trt
 
@@ -262,12 +263,11 @@ def _entropy_calibrator(job: CalibrationJob, device: torch.device, result: _Cali
     return EntropyCalibrator()
 
 
-def _pin_float_layers(network: trt.INetworkDefinition, job: CalibrationJob) -> int:
-    """fp32 precision and output types on the layers the policy keeps float; returns how many layers."""
+def _pin_float_layers(network: trt.INetworkDefinition, job: CalibrationJob) -> None:
+    """fp32 precision and output types on the layers the policy keeps float (OBEY_PRECISION_CONSTRAINTS holds them)."""
     import tensorrt as trt
 
     layers = [network.get_layer(i) for i in range(network.num_layers)]
-    pinned = 0
     for index in job.layers_kept_float([onnx_node_names(layer.metadata) for layer in layers]):
         layer = layers[index]
         outputs = [i for i in range(layer.num_outputs) if layer.get_output(i).dtype in (trt.float32, trt.float16)]
@@ -276,8 +276,6 @@ def _pin_float_layers(network: trt.INetworkDefinition, job: CalibrationJob) -> i
         layer.precision = trt.float32
         for output in outputs:
             layer.set_output_type(output, trt.float32)
-        pinned += 1
-    return pinned
 
 
 def _build_serialized(builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
@@ -338,11 +336,13 @@ class TensorRTBuilder:
                                       (job.options.min_batch, job.options.opt_batch, job.options.max_batch)))
             config.add_optimization_profile(profile)
             calibration = _CalibrationResult()
-            if job.calibration is not None:
-                self._set_up_calibration(builder, network, config, job.calibration, name, calibration)
+            # Held here: the builder config keeps only a raw pointer to the calibrator during the build.
+            calibrator = (self._set_up_calibration(builder, network, config, job.calibration, name, calibration)
+                          if job.calibration is not None else None)
             if job.options.timing_cache is not None:
                 _load_timing_cache(config, job.options.timing_cache)
             serialized = _build_serialized(builder, network, config, f"an engine from {job.onnx_path}")
+            del calibrator
             if calibration.error is not None:
                 raise calibration.error
             if job.options.timing_cache is not None:
@@ -351,16 +351,19 @@ class TensorRTBuilder:
             return BuiltEngine(serialized, engine_information(engine), calibration.cache)
 
     def _set_up_calibration(self, builder: trt.Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
-                            job: CalibrationJob, input_name: str, result: _CalibrationResult) -> None:
-        """TensorRT 10 implicit INT8: the entropy calibrator, its one-shape profile, the float constraints."""
+                            job: CalibrationJob, input_name: str,
+                            result: _CalibrationResult) -> trt.IInt8EntropyCalibrator2:
+        """TensorRT 10 implicit INT8: the entropy calibrator (returned), its one-shape profile, the float constraints."""
         import tensorrt as trt
 
-        config.int8_calibrator = _entropy_calibrator(job, self.device, result)
-        shape = builder.create_optimization_profile()
-        dims = [job.batch_size, *job.input_shape]
-        shape.set_shape(input_name, trt.Dims(dims), trt.Dims(dims), trt.Dims(dims))  # calibration uses kOPT
-        config.set_calibration_profile(shape)
+        calibrator = _entropy_calibrator(job, self.device, result)
+        config.int8_calibrator = calibrator
+        profile = builder.create_optimization_profile()
+        dims = trt.Dims([job.batch_size, *job.input_shape])
+        profile.set_shape(input_name, dims, dims, dims)  # calibration runs at the profile's kOPT shape
+        config.set_calibration_profile(profile)
         _pin_float_layers(network, job)
+        return calibrator
 
 
 @dataclasses.dataclass
