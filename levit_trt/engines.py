@@ -10,6 +10,7 @@ version, GPU, ONNX sha256, options, plugin hashes, INT8 source) into a cache ent
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -122,6 +123,21 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         return onnx.load(str(path), load_external_data=False)
     except Exception as error:  # protobuf raises its own DecodeError; onnx raises several kinds
         raise ValueError(f"{path} is not a readable ONNX model ({type(error).__name__}: {error})") from error
+
+
+def onnx_content_sha256(path: Path, model: onnx.ModelProto) -> str:
+    """sha256 of an ONNX file and of the external-data files its initializers point to, if any."""
+    locations = sorted({entry.value for tensor in model.graph.initializer for entry in tensor.external_data
+                        if entry.key == "location"})
+    if not locations:
+        return file_sha256(path)
+    digest = hashlib.sha256(file_sha256(path).encode())
+    for location in locations:
+        external = Path(path).parent / location
+        if not external.is_file():
+            raise FileNotFoundError(f"{path} keeps weights in {location}, which is not beside it")
+        digest.update(f"{location}:{file_sha256(external)}".encode())
+    return digest.hexdigest()
 
 
 def onnx_form(model: onnx.ModelProto) -> OnnxForm:
@@ -385,7 +401,7 @@ def cached_engine(
     int8_source: Int8Source | None = None
     if options.precision == "int8":
         int8_source = inputs.source(options.int8_mode) if inputs is not None else Int8Source("qdq", PREQUANTIZED_POLICY)
-    onnx_sha256 = file_sha256(onnx_path)
+    onnx_sha256 = onnx_content_sha256(onnx_path, model)
     manifest = engine_manifest(
         tensorrt_version=builder.tensorrt_version, gpu=builder.gpu, onnx_sha256=onnx_sha256, options=options,
         plugin_sha256={path.name: library_sha256(path) for path in libraries}, int8=int8_source,

@@ -258,6 +258,21 @@ def test_onnx_form_and_input_shape(onnx_files: dict[str, Path]) -> None:
         assert onnx_form(model) == form and onnx_input_shape(model) == SAMPLE_SHAPE
 
 
+def test_external_weights_are_part_of_the_onnx_hash(tmp_path: Path, cache: Path) -> None:
+    model = onnx.load(str(write_onnx(tmp_path / "inline.onnx")))
+    path = tmp_path / "external.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="external.weights", size_threshold=0)
+    builder = FakeBuilder()
+    first = cached_engine(builder, GivenOnnx.read(path), EngineOptions(), cache)
+    weights = tmp_path / "external.weights"
+    weights.write_bytes(weights.read_bytes()[::-1])  # other weights, same graph file
+    second = cached_engine(builder, GivenOnnx.read(path), EngineOptions(), cache)
+    assert first.key != second.key and len(builder.jobs) == 2
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match="keeps weights in external.weights, which is not beside it"):
+        cached_engine(builder, GivenOnnx.read(path), EngineOptions(), cache)
+
+
 def test_bad_onnx_files_are_clear_errors(tmp_path: Path, cache: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"ONNX file .*missing.onnx does not exist"):
         GivenOnnx.read(tmp_path / "missing.onnx")
