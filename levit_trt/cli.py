@@ -148,13 +148,54 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_compare)
 
 
+def _build(args: argparse.Namespace) -> int:
+    from levit_trt.backends.tensorrt import build_engine_file
+    from levit_trt.engine_options import EngineOptions
+
+    options = EngineOptions(
+        precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
+        tf32=args.tf32, opt_level=args.opt_level, workspace_mib=args.workspace_mib, timing_cache=args.timing_cache,
+        int8_mode=args.int8_mode, policy=args.policy, float_op_types=tuple(args.float_op_type),
+        float_nodes=tuple(args.float_node), calib_dir=args.calib)
+    engine = build_engine_file(args.onnx, args.engine, options, plugin_libraries=args.plugins, cache_dir=args.cache_dir)
+    print(f"wrote {args.engine} and its layer report (engine cache key {engine.key}; layers by precision: "
+          f"{engine.precision_summary()})")
+    return 0
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    from levit_trt.engine_options import DEFAULT_BATCH_RANGE, DEFAULT_OPT_LEVEL, ENGINE_PRECISIONS, INT8_MODES
+
+    parser = sub.add_parser("build", help="build a TensorRT engine from an ONNX file (with its layer report beside it)")
+    parser.add_argument("--onnx", type=Path, required=True, help="ONNX file (levit-trt export, or levit-trt quantize)")
+    parser.add_argument("--engine", type=Path, required=True, help="engine file to write; <engine>.layers.json beside it")
+    parser.add_argument("--precision", choices=ENGINE_PRECISIONS, default="fp32")
+    parser.add_argument("--plugins", type=Path, nargs="+", default=[],
+                        help="TensorRT plugin libraries to load (default: the softmax plugin when the ONNX uses it)")
+    parser.add_argument("--min-batch", type=int, default=DEFAULT_BATCH_RANGE[0])
+    parser.add_argument("--opt-batch", type=int, default=DEFAULT_BATCH_RANGE[1])
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_BATCH_RANGE[2])
+    parser.add_argument("--opt-level", type=int, default=DEFAULT_OPT_LEVEL, help="builder optimisation level 0-5")
+    parser.add_argument("--workspace-mib", type=int, default=None, help="workspace limit (default: TensorRT's)")
+    parser.add_argument("--timing-cache", type=Path, default=None, help="persistent tactic timing cache file")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 layers (off by default)")
+    parser.add_argument("--int8-mode", choices=INT8_MODES, default="qdq",
+                        help="qdq: explicit Q/DQ ONNX (TensorRT 10 and 11); calibrator: TensorRT 10 implicit calibration")
+    parser.add_argument("--policy", default="default", help="precision policy: which nodes INT8 keeps float")
+    parser.add_argument("--float-op-type", action="append", default=[], help="also keep this op type float (repeat)")
+    parser.add_argument("--float-node", action="append", default=[], help="also keep this node float (repeat)")
+    parser.add_argument("--calib", type=Path, default=None, help="calibration data from levit-trt calibrate (INT8)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="artifact cache (default: LEVIT_TRT_CACHE or ~/.cache/levit_trt)")
+    parser.set_defaults(handler=_build)
+
+
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-SUBCOMMANDS = [_add_info, _add_export, _add_eval, _add_report, _add_compare]
+SUBCOMMANDS = [_add_info, _add_export, _add_eval, _add_build, _add_report, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

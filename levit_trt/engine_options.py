@@ -28,6 +28,8 @@ OnnxForm = Literal["fp32", "fp16", "qdq"]
 
 ENGINE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 INT8_MODES: tuple[str, ...] = ("qdq", "calibrator")
+# EngineOptions fields that only shape INT8 engines.
+INT8_FIELDS = ("int8_mode", "policy", "float_op_types", "float_nodes", "calib_images", "calib_batch")
 # Bump when the build code changes in a way that changes the engines it produces.
 ENGINE_RECIPE_VERSION = 1
 # TensorRT's own limits for IBuilderConfig::setBuilderOptimizationLevel (NvInfer.h: "0 to 5",
@@ -36,6 +38,10 @@ OPT_LEVEL_RANGE = (0, 5)
 DEFAULT_OPT_LEVEL = 3
 # Issue 3: "an optimisation profile over a batch range ... defaults covering 1-64 with 16 optimal".
 DEFAULT_BATCH_RANGE = (1, 16, 64)
+# The lowest compute capability with native arithmetic in each reduced precision (CUDA C++
+# Programming Guide, "Arithmetic Instructions" throughput table: half-precision arithmetic from
+# 5.3, __dp4a 8-bit integer dot products from 6.1). fp32 runs everywhere.
+PRECISION_MIN_COMPUTE_CAPABILITY: dict[str, tuple[int, int]] = {"fp16": (5, 3), "int8": (6, 1)}
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,7 @@ class EngineOptions:
             raise bad("strongly_typed", f"must be 'auto', True or False, got {self.strongly_typed!r}")
         if self.int8_mode not in INT8_MODES:
             raise bad("int8_mode", f"must be one of {', '.join(INT8_MODES)}, got {self.int8_mode!r}")
-        if self.int8_mode == "calibrator" and self.strongly_typed is True:
+        if self.precision == "int8" and self.int8_mode == "calibrator" and self.strongly_typed is True:
             raise bad("strongly_typed", "implicit INT8 calibration (int8_mode='calibrator') needs a weakly typed "
                                         "network; use strongly_typed='auto' or False, or int8_mode='qdq'")
         if not isinstance(self.policy, str) or not self.policy:
@@ -108,14 +114,19 @@ class EngineOptions:
     def manifest_fields(self) -> dict[str, Any]:
         """The options as they enter an engine's cache key.
 
-        Two fields are left out on purpose: `timing_cache` is a file of measured tactic timings that
-        only speeds a build up, and `calib_dir` is a location, whose content enters the key through
-        `Int8Source.calibration` (its identity hash) instead.
+        Left out on purpose: `timing_cache` is a file of measured tactic timings that only speeds a
+        build up; `calib_dir` is a location, whose content enters the key through
+        `Int8Source.calibration` (its identity hash) instead; and the INT8 fields of an fp32/fp16
+        engine, which cannot change it (so `--policy` on an fp16 build does not rebuild it).
         """
         fields = dataclasses.asdict(self)
         del fields["timing_cache"], fields["calib_dir"]
-        fields["float_op_types"] = sorted(self.float_op_types)
-        fields["float_nodes"] = sorted(self.float_nodes)
+        if self.precision == "int8":
+            fields["float_op_types"] = sorted(self.float_op_types)
+            fields["float_nodes"] = sorted(self.float_nodes)
+        else:
+            for name in INT8_FIELDS:
+                del fields[name]
         return fields
 
 
@@ -208,6 +219,25 @@ class GpuIdentity:
 
     name: str
     compute_capability: str  # "9.0"
+
+
+def check_gpu_precision(precision: str, gpu: GpuIdentity) -> None:
+    """ValueError when `gpu` has no native arithmetic for `precision` (see PRECISION_MIN_COMPUTE_CAPABILITY).
+
+    Checked before building: TensorRT would otherwise fall back to fp32 kernels without saying so
+    in a way a user sees, or fail deep inside the build.
+    """
+    needed = PRECISION_MIN_COMPUTE_CAPABILITY.get(precision)
+    if needed is None:
+        return
+    try:
+        have = tuple(int(part) for part in gpu.compute_capability.split("."))
+    except ValueError as error:
+        raise ValueError(f"cannot read the compute capability {gpu.compute_capability!r} of {gpu.name}") from error
+    if have < needed:
+        raise ValueError(
+            f"{gpu.name} (compute capability {gpu.compute_capability}) has no native {precision} arithmetic "
+            f"(needs {needed[0]}.{needed[1]} or newer); build fp32 on this GPU")
 
 
 def engine_manifest(

@@ -7,6 +7,11 @@ with a "Format/Datatype" string such as "Row major linear FP32" or "Channel majo
 channel % 8 == 0"), "TacticName" and "Metadata"; the ONNX parser writes "[ONNX Layer: <node>]"
 into Metadata, one per fused node, separated by \\x1f or \\x1e. With less verbosity, entries are
 bare layer-name strings, which summarise as "unknown".
+
+The same "[ONNX Layer: <node>]" string is the metadata of each network layer before the build
+(onnx-tensorrt's importerUtils.cpp `processMetadata`, which appends " | Local Function: <f>" inside
+the brackets for nodes of ONNX local functions, and names an unnamed node "node_of_<its first
+output>"), which is how the TensorRT 10 calibrator path finds the layers a policy keeps float.
 """
 
 from __future__ import annotations
@@ -16,7 +21,10 @@ import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import onnx
 
 LAYERS_FILENAME = "layers.json"
 REPORT_KEY = "levit_trt"  # our build provenance, added beside TensorRT's "Layers" and "Bindings"
@@ -31,6 +39,7 @@ _PRECISION_ORDER = ("int4", "fp4", "int8", "fp8", "fp16", "bf16", "fp32")
 _INDEX_WORDS = ("Int32", "Int64", "Bool", "UInt8")  # shape/index tensors: not a compute precision
 _DATATYPE_PATTERN = re.compile(r"\b(" + "|".join(list(_DATATYPE_WORDS) + list(_INDEX_WORDS)) + r")\b")
 _ONNX_NODE_PATTERN = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
+_LOCAL_FUNCTION_SUFFIX = " | "  # the parser's separator before " | Local Function: <name>"
 REFORMAT = "reformat"
 UNKNOWN = "unknown"
 INDEX = "index"
@@ -67,9 +76,9 @@ def layer_precision(layer: Mapping[str, Any] | str) -> str:
 def _layers(layers_json: str | Mapping[str, Any]) -> list[Any]:
     data = json.loads(layers_json) if isinstance(layers_json, str) else layers_json
     layers = data.get("Layers") if isinstance(data, Mapping) else None
-    if not isinstance(layers, list):
-        raise ValueError("not TensorRT engine information: expected a JSON object with a 'Layers' list")
-    return layers
+    if isinstance(layers, list):
+        return layers
+    raise ValueError("not TensorRT engine information: expected a JSON object with a 'Layers' list")
 
 
 def summarize_layer_precisions(layers_json: str | Mapping[str, Any]) -> dict[str, int]:
@@ -81,7 +90,14 @@ def summarize_layer_precisions(layers_json: str | Mapping[str, Any]) -> dict[str
 
 def onnx_node_names(metadata: str) -> list[str]:
     """ONNX node names the ONNX parser recorded in a layer's metadata ('[ONNX Layer: name]' entries)."""
-    return [name for name in _ONNX_NODE_PATTERN.findall(metadata or "") if name]
+    names = (entry.split(_LOCAL_FUNCTION_SUFFIX, 1)[0] for entry in _ONNX_NODE_PATTERN.findall(metadata or ""))
+    return [name for name in names if name]
+
+
+def onnx_node_op_types(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name -> op type for the main graph, naming unnamed nodes the way TensorRT's ONNX parser does."""
+    return {(node.name or (f"node_of_{node.output[0]}" if node.output else "")): node.op_type
+            for node in model.graph.node}
 
 
 def layers_kept_float(
@@ -105,10 +121,15 @@ def layers_kept_float(
 
 def layer_report(engine_information: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
     """The inspector's JSON plus how the engine was built and its precision summary, for layers.json."""
-    data = json.loads(engine_information)
+    data: dict[str, Any] = json.loads(engine_information)
     summary = summarize_layer_precisions(data)
     data[REPORT_KEY] = {**provenance, "precision_summary": summary}
     return data
+
+
+def layer_report_path(engine_path: Path) -> Path:
+    """Where the layer report of a user-named engine file lives: beside it, `<engine>.layers.json`."""
+    return engine_path.with_name(f"{engine_path.name}.{LAYERS_FILENAME}")
 
 
 def write_layer_report(path: Path, report: Mapping[str, Any]) -> None:
@@ -118,7 +139,7 @@ def write_layer_report(path: Path, report: Mapping[str, Any]) -> None:
 def read_layer_report(path: Path) -> dict[str, Any]:
     """A saved layers.json; ValueError naming the file when it is not one."""
     try:
-        data = json.loads(Path(path).read_text())
+        data: dict[str, Any] = json.loads(Path(path).read_text())
         _layers(data)
     except (OSError, ValueError) as error:
         raise ValueError(f"{path}: not a readable layer report ({error})") from error

@@ -11,8 +11,9 @@ with the plugin library loaded first (`levit_trt.plugins.trt_plugin_library()`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 from onnx import helper
@@ -31,14 +32,14 @@ class _NodeList:
     """Where Softmax nodes can live: a graph (main or nested) or a local function's body."""
 
     where: str
-    nodes: object  # the protobuf repeated field of NodeProto
+    nodes: Any  # the protobuf repeated field of NodeProto (untyped in onnx's stubs)
     onnx_opset: int
     is_main_graph: bool = False
     function: onnx.FunctionProto | None = None
 
 
-def _opset_version(opset_imports: object, default: int) -> int:
-    for opset in opset_imports:  # type: ignore[attr-defined]
+def _opset_version(opset_imports: Iterable[onnx.OperatorSetIdProto], default: int) -> int:
+    for opset in opset_imports:
         if opset.domain in _ONNX_DOMAINS:
             return int(opset.version)
     return default
@@ -147,9 +148,9 @@ def _plugin_node(softmax: onnx.NodeProto) -> onnx.NodeProto:
     )
 
 
-def _import_plugin_domain(opset_imports: object) -> None:
-    if not any(opset.domain == PLUGIN_DOMAIN for opset in opset_imports):  # type: ignore[attr-defined]
-        opset_imports.append(helper.make_opsetid(PLUGIN_DOMAIN, PLUGIN_DOMAIN_VERSION))  # type: ignore[attr-defined]
+def _import_plugin_domain(opset_imports: Any) -> None:
+    if not any(opset.domain == PLUGIN_DOMAIN for opset in opset_imports):
+        opset_imports.append(helper.make_opsetid(PLUGIN_DOMAIN, PLUGIN_DOMAIN_VERSION))
 
 
 def replace_softmax_with_plugin(model: onnx.ModelProto) -> int:
@@ -163,7 +164,7 @@ def replace_softmax_with_plugin(model: onnx.ModelProto) -> int:
     types = _value_types(model)
     planned: list[tuple[_NodeList, int]] = []
     for node_list in _node_lists(model):
-        for index, node in enumerate(node_list.nodes):  # type: ignore[attr-defined]
+        for index, node in enumerate(node_list.nodes):
             if node.op_type != "Softmax" or node.domain not in _ONNX_DOMAINS:
                 continue
             axis = _softmax_axis(node, node_list.onnx_opset)
@@ -174,12 +175,12 @@ def replace_softmax_with_plugin(model: onnx.ModelProto) -> int:
         return 0
     known_values = {value.name for value in (*model.graph.input, *model.graph.output, *model.graph.value_info)}
     for node_list, index in planned:
-        softmax = node_list.nodes[index]  # type: ignore[index]
+        softmax = node_list.nodes[index]
         output = softmax.output[0]
         if node_list.is_main_graph and output not in known_values and output in types:
             model.graph.value_info.append(helper.make_value_info(output, types[output]))
             known_values.add(output)
-        node_list.nodes[index].CopyFrom(_plugin_node(softmax))  # type: ignore[index]
+        node_list.nodes[index].CopyFrom(_plugin_node(softmax))
         if node_list.function is not None:
             _import_plugin_domain(node_list.function.opset_import)
     _import_plugin_domain(model.opset_import)

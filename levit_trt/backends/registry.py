@@ -14,6 +14,8 @@ BACKENDS: dict[str, str] = {
     "torch-compile": "levit_trt.backends.torch_compiled:TorchCompileBackend",
     "torch-cudagraph": "levit_trt.backends.torch_compiled:TorchCudaGraphBackend",
     "onnxruntime": "levit_trt.backends.onnxruntime:OnnxRuntimeBackend",
+    "tensorrt": "levit_trt.backends.tensorrt:TensorRTBackend",
+    "tensorrt-plugin": "levit_trt.backends.tensorrt:TensorRTPluginBackend",
 }
 
 

@@ -1,0 +1,471 @@
+"""TensorRT engines without TensorRT: which ONNX to parse, the engine cache, calibration caches, engine files.
+
+Everything here is plain Python, so each decision is unit-tested on a CPU machine with a fake
+`EngineBuilder`; `levit_trt.backends.tensorrt.TensorRTBuilder` is the real one and only carries a
+`BuildJob` out. An engine is built once per manifest (`engine_options.engine_manifest`: TensorRT
+version, GPU, ONNX sha256, options, plugin hashes, INT8 source) into a cache entry holding
+`engine.plan`, `layers.json` (the layer report) and `manifest.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from levit_trt.cache import atomic_output, cache_key, cached_build, canonical_json, read_manifest
+from levit_trt.engine_options import (
+    BuildPlan,
+    EngineOptions,
+    GpuIdentity,
+    Int8Mode,
+    Int8Source,
+    OnnxForm,
+    calibration_manifest,
+    check_gpu_precision,
+    engine_manifest,
+    plan_build,
+    tensorrt_major,
+)
+from levit_trt.engine_report import (
+    LAYERS_FILENAME,
+    REPORT_KEY,
+    layer_report,
+    layer_report_path,
+    layers_kept_float,
+    onnx_node_op_types,
+    read_layer_report,
+    write_layer_report,
+)
+from levit_trt.plugins import library_sha256, softmax_plugin_identity, trt_plugin_library
+from levit_trt.weights import file_sha256
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+    from levit_trt.backends.base import ModelSource
+    from levit_trt.variants import Variant
+
+ENGINE_KIND = "tensorrt"
+CALIBRATION_KIND = "tensorrt-calibration"
+PLUGIN_ONNX_KIND = "onnx-softmax-plugin"
+ENGINE_FILENAME = "engine.plan"
+CALIBRATION_CACHE_FILENAME = "calibration.cache"
+PLUGIN_ONNX_FILENAME = "model.onnx"
+# Int8Source.policy of an engine parsed from a Q/DQ ONNX the user made: its policy is not known here.
+PREQUANTIZED_POLICY = "prequantized"
+_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+
+QuantizeFn = Callable[[Path, Any, Any, Path], Path]
+
+
+def _quantize_with_helper(fp32_onnx: Path, calibration: Any, policy: Any, cache_dir: Path) -> Path:
+    from levit_trt.quantize import cached_qdq_onnx
+
+    return Path(cached_qdq_onnx(fp32_onnx, calibration, policy, cache_dir))
+
+
+@dataclass(frozen=True)
+class Int8Inputs:
+    """What an INT8 engine needs besides the ONNX: calibration images, the float-fallback policy, a quantizer.
+
+    `calibration` is a `levit_trt.calibration.CalibrationSet`, `policy` a
+    `levit_trt.precision_policy.PrecisionPolicy`; `quantize` turns an fp32 ONNX into a Q/DQ ONNX
+    (`levit_trt.quantize.cached_qdq_onnx` unless a test gives another).
+    """
+
+    calibration: Any
+    policy: Any
+    quantize: QuantizeFn = _quantize_with_helper
+
+    def source(self, mode: Int8Mode) -> Int8Source:
+        return Int8Source(mode, self.policy.name, tuple(self.policy.float_op_types),
+                          tuple(self.policy.float_node_names), self.calibration.identity)
+
+
+def int8_inputs_loader(options: EngineOptions, variant: Variant | None) -> Callable[[], Int8Inputs]:
+    """A loader of the calibration set (`options.calib_dir`, else synthetic images of `variant`) and the policy.
+
+    Called only when a build needs them, so a pre-quantized ONNX or a cached engine reads no images.
+    """
+
+    def load() -> Int8Inputs:
+        if options.calib_dir is None and variant is None:
+            raise ValueError("an INT8 build from an fp32 ONNX needs calibration images: pass --calib DIR (written by "
+                             "levit-trt calibrate), or build from the Q/DQ ONNX that levit-trt quantize writes")
+        from levit_trt.calibration import load_calibration_set, synthetic_calibration_set
+        from levit_trt.precision_policy import resolve_policy
+
+        policy = resolve_policy(options.policy, options.float_op_types, options.float_nodes)
+        if options.calib_dir is not None:
+            calibration = load_calibration_set(options.calib_dir)
+        else:
+            assert variant is not None
+            calibration = synthetic_calibration_set(variant, options.calib_images)
+        return Int8Inputs(calibration, policy)
+
+    return load
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """The ONNX graph at `path` (weights left on disk); ValueError naming the file when it is missing or unreadable."""
+    import onnx
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX file {path} does not exist (write one with levit-trt export)")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf raises its own DecodeError; onnx raises several kinds
+        raise ValueError(f"{path} is not a readable ONNX model ({type(error).__name__}: {error})") from error
+
+
+def onnx_content_sha256(path: Path, model: onnx.ModelProto) -> str:
+    """sha256 of an ONNX file and of the external-data files its initializers point to, if any."""
+    locations = sorted({entry.value for tensor in model.graph.initializer for entry in tensor.external_data
+                        if entry.key == "location"})
+    if not locations:
+        return file_sha256(path)
+    digest = hashlib.sha256(file_sha256(path).encode())
+    for location in locations:
+        external = Path(path).parent / location
+        if not external.is_file():
+            raise FileNotFoundError(f"{path} keeps weights in {location}, which is not beside it")
+        digest.update(f"{location}:{file_sha256(external)}".encode())
+    return digest.hexdigest()
+
+
+def onnx_form(model: onnx.ModelProto) -> OnnxForm:
+    """'qdq' for a graph with Q/DQ nodes, else 'fp16' or 'fp32' after its input's element type."""
+    import onnx
+
+    if any(node.op_type in _QDQ_OPS for node in model.graph.node):
+        return "qdq"
+    if model.graph.input and model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
+        return "fp16"
+    return "fp32"
+
+
+def uses_softmax_plugin(model: onnx.ModelProto) -> bool:
+    """Whether the graph has nodes of the softmax plugin's domain (export --softmax-plugin)."""
+    from levit_trt.onnx_rewrites import PLUGIN_DOMAIN
+
+    return any(node.domain == PLUGIN_DOMAIN for node in model.graph.node)
+
+
+def plugin_libraries_for(model: onnx.ModelProto, given: Sequence[Path]) -> tuple[Path, ...]:
+    """The plugin libraries to load before parsing: those given, else the softmax plugin when the graph uses it."""
+    missing = [str(path) for path in given if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"plugin library not found: {', '.join(missing)}")
+    if given:
+        return tuple(Path(path).resolve() for path in given)
+    return (trt_plugin_library(),) if uses_softmax_plugin(model) else ()
+
+
+def onnx_input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
+    """The input's dimensions after the batch, e.g. (3, 224, 224); ValueError unless they are fixed."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) < 2 or not all(d.HasField("dim_value") for d in dims[1:]):
+        raise ValueError(f"ONNX input {model.graph.input[0].name!r} needs fixed dimensions after the batch, got "
+                         f"{[d.dim_value if d.HasField('dim_value') else d.dim_param for d in dims]}")
+    return tuple(int(d.dim_value) for d in dims[1:])
+
+
+def with_softmax_plugin(onnx_path: Path, cache_dir: Path) -> Path:
+    """A cached copy of `onnx_path` whose Softmax nodes are the plugin's (for Q/DQ ONNX, which the exporter
+    cannot write: the quantizer calibrates in ONNX Runtime, which cannot run the plugin)."""
+    import onnx
+
+    from levit_trt.onnx_rewrites import replace_softmax_with_plugin
+
+    manifest = {"artifact": "onnx-softmax-plugin", "source_sha256": file_sha256(onnx_path),
+                "plugin": dataclasses.asdict(softmax_plugin_identity()), "onnx": onnx.__version__}
+
+    def build(directory: Path) -> None:
+        model = onnx.load(str(onnx_path))
+        if replace_softmax_with_plugin(model) == 0:
+            raise ValueError(f"{onnx_path}: no Softmax node to replace with the plugin")
+        onnx.save(model, str(directory / PLUGIN_ONNX_FILENAME))
+
+    return cached_build(cache_dir, PLUGIN_ONNX_KIND, manifest, build) / PLUGIN_ONNX_FILENAME
+
+
+class OnnxSource(Protocol):
+    """Where the ONNX that TensorRT parses comes from, in the form a `BuildPlan` asks for."""
+
+    @property
+    def form_hint(self) -> OnnxForm | None:
+        """The form this source has already (a user's file), or None when it makes each form on request."""
+
+    @property
+    def prequantized(self) -> bool:
+        """True when the source already is a Q/DQ ONNX (no calibration or policy needed)."""
+
+    def onnx(self, form: OnnxForm, int8: Int8Inputs | None, cache_dir: Path) -> Path: ...
+
+
+@dataclass(frozen=True)
+class ExportedOnnx:
+    """The model's own ONNX (backends): fp32/fp16 from the exporter, Q/DQ from the quantizer."""
+
+    source: ModelSource
+    softmax_plugin: bool = False
+    form_hint: OnnxForm | None = None
+    prequantized: bool = False
+
+    def onnx(self, form: OnnxForm, int8: Int8Inputs | None, cache_dir: Path) -> Path:
+        from levit_trt.export import ExportOptions
+
+        if form != "qdq":
+            return self.source.onnx_path(ExportOptions(precision=form, softmax_plugin=self.softmax_plugin))
+        assert int8 is not None, "cached_engine loads the INT8 inputs for a Q/DQ plan"
+        qdq = int8.quantize(self.source.onnx_path(ExportOptions()), int8.calibration, int8.policy, cache_dir)
+        return with_softmax_plugin(qdq, cache_dir) if self.softmax_plugin else qdq
+
+
+@dataclass(frozen=True)
+class GivenOnnx:
+    """An ONNX file the user names (levit-trt build --onnx): parsed as it is, or quantized when INT8 needs Q/DQ.
+
+    Make one with `GivenOnnx.read(path)`, which reads the file once and fails on a missing or bad one.
+    """
+
+    path: Path
+    form: OnnxForm
+    softmax_plugin: bool
+
+    @classmethod
+    def read(cls, path: Path) -> GivenOnnx:
+        model = load_onnx(path)
+        return cls(Path(path), onnx_form(model), uses_softmax_plugin(model))
+
+    @property
+    def form_hint(self) -> OnnxForm:
+        return self.form
+
+    @property
+    def prequantized(self) -> bool:
+        return self.form == "qdq"
+
+    def onnx(self, form: OnnxForm, int8: Int8Inputs | None, cache_dir: Path) -> Path:
+        if form == self.form:
+            return self.path
+        if form == "qdq" and self.form == "fp32":
+            if self.softmax_plugin:
+                raise ValueError(f"{self.path} uses the softmax plugin, which the quantizer cannot run; quantize the "
+                                 "ONNX exported without --softmax-plugin")
+            assert int8 is not None, "cached_engine loads the INT8 inputs for a Q/DQ plan"
+            return int8.quantize(self.path, int8.calibration, int8.policy, cache_dir)
+        advice = {
+            "fp16": "export one with levit-trt export --precision fp16 (strongly typed networks take their precision "
+                    "from the ONNX)",
+            "fp32": "export the model with levit-trt export --precision fp32",
+            "qdq": "give an fp32 ONNX to quantize, or the Q/DQ ONNX from levit-trt quantize",
+        }[form]
+        raise ValueError(f"{self.path} is a {self.form} ONNX, but this build parses a {form} ONNX; {advice}")
+
+
+@dataclass(frozen=True)
+class CalibrationJob:
+    """TensorRT 10's implicit INT8: the batches its entropy calibrator reads, its cache, and the float layers."""
+
+    batches: Callable[[], Iterator[torch.Tensor]]
+    batch_size: int
+    input_shape: tuple[int, ...]  # after the batch: (3, H, W)
+    cache: bytes | None  # a calibration cache of the same model and data; None: calibrate
+    node_op_types: Mapping[str, str]
+    float_op_types: frozenset[str]
+    float_node_names: frozenset[str]
+
+    def layers_kept_float(self, layer_nodes: Sequence[Sequence[str]]) -> list[int]:
+        """Network layers (by their ONNX nodes) that the policy keeps float: they get fp32 constraints."""
+        return layers_kept_float(layer_nodes, self.node_op_types, self.float_op_types, self.float_node_names)
+
+
+def calibration_batches(calibration: Any, batch_size: int, input_shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
+    """Full fp32 CPU batches [batch_size, *input_shape] from a CalibrationSet; a last partial batch is dropped
+    (the calibrator's buffer has one fixed shape); a batch of another shape or type is a ValueError."""
+    import torch
+
+    for index, batch in enumerate(calibration.batches(batch_size)):
+        if batch.dtype != torch.float32 or batch.dim() != len(input_shape) + 1 or tuple(batch.shape[1:]) != input_shape:
+            raise ValueError(
+                f"calibration batch {index} of {calibration.identity} is {batch.dtype} {tuple(batch.shape)}, but the "
+                f"model takes float32 [N, {', '.join(map(str, input_shape))}]; write calibration data for this "
+                "variant with levit-trt calibrate")
+        if batch.shape[0] > batch_size:
+            raise ValueError(f"calibration batch {index} has {batch.shape[0]} images, more than the {batch_size} asked")
+        if batch.shape[0] == batch_size:
+            yield batch
+
+
+@dataclass(frozen=True)
+class BuildJob:
+    """Everything one TensorRT build needs, decided here; `EngineBuilder.build` only carries it out."""
+
+    onnx_path: Path
+    options: EngineOptions
+    plan: BuildPlan
+    plugin_libraries: tuple[Path, ...] = ()
+    calibration: CalibrationJob | None = None
+
+
+@dataclass(frozen=True)
+class BuiltEngine:
+    serialized: bytes
+    engine_information: str  # IEngineInspector JSON (ProfilingVerbosity.DETAILED)
+    calibration_cache: bytes | None = None  # what the entropy calibrator wrote, if it ran
+
+
+class EngineBuilder(Protocol):
+    """Builds serialized engines for one TensorRT version and GPU."""
+
+    @property
+    def tensorrt_version(self) -> str: ...
+
+    @property
+    def gpu(self) -> GpuIdentity: ...
+
+    def build(self, job: BuildJob) -> BuiltEngine: ...
+
+
+@dataclass(frozen=True)
+class CachedEngine:
+    """A built engine in the cache: its files, what it was built from, and how."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    plan: BuildPlan
+    int8: Int8Source | None
+    plugin_libraries: tuple[Path, ...] = ()  # to load before deserializing the engine
+
+    @property
+    def key(self) -> str:
+        return self.directory.name
+
+    @property
+    def engine_path(self) -> Path:
+        return self.directory / ENGINE_FILENAME
+
+    @property
+    def layers_path(self) -> Path:
+        return self.directory / LAYERS_FILENAME
+
+    def precision_summary(self) -> dict[str, int]:
+        return dict(read_layer_report(self.layers_path)[REPORT_KEY]["precision_summary"])
+
+
+def _find_calibration_cache(cache_dir: Path, manifest: Mapping[str, Any]) -> bytes | None:
+    """The cache of an earlier calibration with exactly this manifest, else None (entries appear atomically)."""
+    entry = cache_dir / CALIBRATION_KIND / cache_key(manifest)
+    if read_manifest(entry) != json.loads(canonical_json(manifest)):
+        return None
+    try:
+        return (entry / CALIBRATION_CACHE_FILENAME).read_bytes()
+    except OSError:
+        return None
+
+
+def cached_engine(
+    builder: EngineBuilder,
+    onnx: OnnxSource,
+    options: EngineOptions,
+    cache_dir: Path,
+    *,
+    int8: Callable[[], Int8Inputs] | None = None,
+    plugin_libraries: Sequence[Path] = (),
+) -> CachedEngine:
+    """The engine for (ONNX, options) on this TensorRT and GPU, built only when no cache entry matches.
+
+    A failing build (bad ONNX, missing plugin, TensorRT error) leaves no entry. `int8` loads the
+    calibration set and policy, and is called only when an INT8 build needs them.
+    """
+    if onnx.form_hint == "fp16" and options.precision == "fp16" and options.strongly_typed == "auto":
+        options = dataclasses.replace(options, strongly_typed=True)  # an fp16 ONNX carries its precision itself
+    plan = plan_build(options, tensorrt_major(builder.tensorrt_version))
+    check_gpu_precision(options.precision, builder.gpu)
+    inputs: Int8Inputs | None = None
+    if options.precision == "int8" and not (plan.onnx_form == "qdq" and onnx.prequantized):
+        if int8 is None:
+            raise ValueError("an INT8 build needs calibration data and a precision policy; none were given")
+        inputs = int8()
+    onnx_path = onnx.onnx(plan.onnx_form, inputs, cache_dir)
+    model = load_onnx(onnx_path)
+    libraries = plugin_libraries_for(model, plugin_libraries)
+    int8_source: Int8Source | None = None
+    if options.precision == "int8":
+        int8_source = inputs.source(options.int8_mode) if inputs is not None else Int8Source("qdq", PREQUANTIZED_POLICY)
+    onnx_sha256 = onnx_content_sha256(onnx_path, model)
+    manifest = engine_manifest(
+        tensorrt_version=builder.tensorrt_version, gpu=builder.gpu, onnx_sha256=onnx_sha256, options=options,
+        plugin_sha256={path.name: library_sha256(path) for path in libraries}, int8=int8_source,
+    )
+
+    def build(directory: Path) -> None:
+        calibration: CalibrationJob | None = None
+        calib_manifest: dict[str, Any] | None = None
+        if plan.calibrate:
+            assert inputs is not None
+            calib_manifest = calibration_manifest(
+                tensorrt_version=builder.tensorrt_version, gpu=builder.gpu, onnx_sha256=onnx_sha256,
+                calibration=inputs.calibration.identity, calib_batch=options.calib_batch)
+            calibration = _calibration_job(inputs, model, options.calib_batch,
+                                           _find_calibration_cache(cache_dir, calib_manifest))
+        built = builder.build(BuildJob(onnx_path, options, plan, libraries, calibration))
+        (directory / ENGINE_FILENAME).write_bytes(built.serialized)
+        provenance = {
+            "cache_key": cache_key(manifest),
+            "onnx": str(onnx_path),
+            "plan": dataclasses.asdict(plan),
+            "int8": int8_source.describe() if int8_source is not None else None,
+            "calibration_cache": None if calibration is None else ("reused" if calibration.cache else "computed"),
+            "manifest": manifest,
+        }
+        write_layer_report(directory / LAYERS_FILENAME, layer_report(built.engine_information, provenance))
+        if calibration is not None and calibration.cache is None and built.calibration_cache:
+            assert calib_manifest is not None
+            data = built.calibration_cache
+
+            def write_calibration_cache(entry: Path) -> None:
+                (entry / CALIBRATION_CACHE_FILENAME).write_bytes(data)
+
+            cached_build(cache_dir, CALIBRATION_KIND, calib_manifest, write_calibration_cache)
+
+    entry = cached_build(cache_dir, ENGINE_KIND, manifest, build)
+    return CachedEngine(entry, manifest, plan, int8_source, libraries)
+
+
+def _calibration_job(inputs: Int8Inputs, model: onnx.ModelProto, batch_size: int, cache: bytes | None) -> CalibrationJob:
+    calibration = inputs.calibration
+    if cache is None and calibration.num_images < batch_size:
+        raise ValueError(f"calibration set {calibration.identity} has {calibration.num_images} images, fewer than one "
+                         f"calibration batch of {batch_size}; use more images or a smaller calib_batch")
+    input_shape = onnx_input_shape(model)
+    return CalibrationJob(
+        batches=lambda: calibration_batches(calibration, batch_size, input_shape),
+        batch_size=batch_size,
+        input_shape=input_shape,
+        cache=cache,
+        node_op_types=onnx_node_op_types(model),
+        float_op_types=frozenset(inputs.policy.float_op_types),
+        float_node_names=frozenset(inputs.policy.float_nodes(model)),
+    )
+
+
+def write_engine_file(engine: CachedEngine, engine_path: Path) -> Path:
+    """Copy a cached engine to a user-named file, its layer report beside it (each written atomically).
+
+    The report goes first: an engine file never appears without the report that says what it is.
+    Returns the report's path.
+    """
+    report_path = layer_report_path(engine_path)
+    for source, target in ((engine.layers_path, report_path), (engine.engine_path, engine_path)):
+        with atomic_output(target) as tmp:
+            shutil.copyfile(source, tmp)
+    return report_path
