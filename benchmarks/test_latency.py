@@ -16,9 +16,9 @@ from functools import partial
 import pytest
 import torch
 
-from conftest import benchmark_rounds
 from levit_trt.backends.registry import backend_class
 from levit_trt.export import NUM_CLASSES
+from levit_trt.matrix import benchmark_rounds
 from levit_trt.timing import capture_cuda_graph, synchronised, time_cuda_events
 from levit_trt.weights import synthetic_images
 

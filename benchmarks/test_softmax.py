@@ -20,9 +20,9 @@ from functools import partial
 import pytest
 import torch
 
-from conftest import benchmark_rounds, selected_batch_sizes, selected_variants
 from levit_trt.backends.base import BackendUnavailable
 from levit_trt.environment import module_versions
+from levit_trt.matrix import benchmark_rounds, selected_batch_sizes, selected_variants
 from levit_trt.plugins import PluginNotBuiltError, load_torch_op, plugin_softmax
 from levit_trt.timing import synchronised, time_cuda_graph
 from levit_trt.variants import attention_shapes
