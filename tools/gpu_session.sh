@@ -9,8 +9,9 @@
 # Results go to $OUT (default ./gpu-results): gpu.log (everything printed), softmax.json,
 # latency.json (pytest-benchmark), latency.md (levit-trt report of it).
 # TEST_ARGS: pytest arguments of the tests stage (default "-m gpu -n 4": the GPU tests, in xdist
-# workers so that a test that crashes its process fails alone). Matrix selection: MATRIX_VARIANTS (default 384), MATRIX_BACKENDS (default auto: every CUDA
-# backend available), MATRIX_PRECISIONS (fp32,fp16), MATRIX_BATCHES (1,16,64).
+# workers so that a test that crashes its process fails alone). Matrix selection: MATRIX_VARIANTS
+# (default 384), MATRIX_BACKENDS (default auto: every CUDA backend available), MATRIX_PRECISIONS
+# (fp32,fp16), MATRIX_BATCHES (1,16,64), MATRIX_ARGS (more pytest arguments, e.g. --cuda-graphs).
 set -uo pipefail
 
 OUT=${OUT:-$PWD/gpu-results}
@@ -63,10 +64,11 @@ for stage in $stages; do
         run_stage softmax python3 tools/softmax_gpu_check.py --sweep
         ;;
     matrix)
+        # shellcheck disable=SC2086
         run_stage matrix python3 -m pytest benchmarks/test_latency.py -q -rs -p no:cacheprovider \
             --variants "${MATRIX_VARIANTS:-384}" --backends "${MATRIX_BACKENDS:-auto}" \
             --precisions "${MATRIX_PRECISIONS:-fp32,fp16}" --batch-sizes "${MATRIX_BATCHES:-1,16,64}" \
-            --benchmark-json "$OUT/latency.json" --benchmark-columns median,iqr,rounds
+            --benchmark-json "$OUT/latency.json" --benchmark-columns median,iqr,rounds ${MATRIX_ARGS:-}
         if [ -f "$OUT/latency.json" ] && python3 -c "import levit_trt.report" 2>/dev/null; then
             python3 -m levit_trt.cli report "$OUT/latency.json" | tee "$OUT/latency.md"
         fi
