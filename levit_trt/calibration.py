@@ -200,6 +200,7 @@ def write_calibration_set(
         manifest = {
             "format": CALIBRATION_FORMAT, "variant": variant.name, "num_images": num_images, "seed": seed,
             "split": split, "source_root": str(Path(data_root).expanduser().resolve()),
+            "images": [str(dataset.samples[i][0].relative_to(dataset.split_dir)) for i in indices],
             "sha256": _data_sha256(images), "shape": list(shape), "dtype": "float32",
             "transform": {"resize": variant.resize_size, "crop": variant.input_size,
                           "interpolation": variant.interpolation, "mean": variant.mean, "std": variant.std},

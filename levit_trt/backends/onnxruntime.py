@@ -64,6 +64,9 @@ class OnnxRuntimeBackend(Backend):
         started = time.perf_counter()
         self.int8: Int8Source | None = None
         self.calibration = ""  # what the INT8 scales were measured on
+        if precision != "int8" and (policy != "default" or float_op_types or float_nodes or calib_dir is not None):
+            raise ValueError(f"policy, float_op_types, float_nodes and calib_dir choose how INT8 is made; "
+                             f"they do nothing for precision {precision}")
         if precision == "int8":
             if onnx_path is not None:
                 raise ValueError("onnxruntime int8 quantizes the exported graph itself; to run a Q/DQ ONNX of "
