@@ -119,6 +119,10 @@ def load_calibration_set(directory: Path | str, variant: Variant | str | None = 
         images = np.load(images_path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as error:
         raise CalibrationError(f"calibration set {directory} is corrupt ({error}); rewrite it. {hint}") from error
+    missing = [k for k in ("format", "variant", "num_images", "seed", "split", "source_root", "sha256")
+               if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise CalibrationError(f"{manifest_path} is corrupt (no {', '.join(missing)}); rewrite the set. {hint}")
     if manifest.get("format") != CALIBRATION_FORMAT:
         raise CalibrationError(f"{manifest_path} has format {manifest.get('format')!r}, this version reads "
                                f"{CALIBRATION_FORMAT}; rewrite the set. {hint}")

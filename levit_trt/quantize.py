@@ -224,8 +224,9 @@ def quantize_onnx(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     fp32_onnx, out = Path(fp32_onnx), Path(out)
-    if batch_size < 1:
-        raise QuantizationError(f"batch_size must be positive, got {batch_size}")
+    if batch_size < 1 or calibration.num_images < 1:
+        raise QuantizationError(f"need a positive batch size and at least one calibration image, got batch_size "
+                                f"{batch_size} and {calibration.num_images} images")
     model = _load_fp32(fp32_onnx, calibration)
     candidates = quantizable_nodes(model)
     kept = policy.float_nodes(model)

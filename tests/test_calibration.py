@@ -169,6 +169,9 @@ def test_corrupt_files_are_reported(written: Path, tmp_path: Path) -> None:
     (flipped / MANIFEST_NAME).write_text("{not json")
     with pytest.raises(CalibrationError, match="is corrupt"):
         load_calibration_set(flipped)
+    (flipped / MANIFEST_NAME).write_text('{"format": 1}')
+    with pytest.raises(CalibrationError, match=r"manifest.json is corrupt \(no variant, num_images"):
+        load_calibration_set(flipped)
 
 
 @pytest.mark.parametrize(("shape", "dtype"), [((4, 3, 112, 112), np.float32), ((4, 3, 224, 224), np.float64),
