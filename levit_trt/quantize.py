@@ -59,7 +59,8 @@ METADATA_KEY = "levit_trt.quantization"
 QUANTIZER_VERSION = 1
 CALIBRATE_METHOD = "Percentile"
 CALIBRATE_PERCENTILE = 99.999
-_CHUNK_IMAGES = 64  # peak memory of a collection pass: about 1.6 GB for levit_128s
+# levit_128s quantized with 128 calibration images peaked at 2.4 GB in chunks of 64, 3.9 GB in one pass.
+_CHUNK_IMAGES = 64
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _ORT_OPTIONS: dict[str, Any] = {
     "ActivationSymmetric": True,  # TensorRT needs zero points of 0
@@ -107,7 +108,7 @@ class QuantizationReport:
 class _CalibrationReader:
     """ONNX Runtime's CalibrationDataReader over a CalibrationSet, in batches it can take in ranges.
 
-    ORT calls `set_range` once per chunk of `_chunk_batches()` batches and collects each chunk
+    ORT calls `set_range` once per chunk of `chunk_batches()` batches and collects each chunk
     separately (its histogram calibrators merge the chunks' histograms).
     """
 
