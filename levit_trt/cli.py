@@ -189,13 +189,62 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_build)
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from levit_trt.calibration import write_calibration_set
+
+    calibration = write_calibration_set(args.data_path, args.variant, args.num_images, args.out, split=args.split,
+                                        seed=args.seed, workers=args.workers)
+    print(f"wrote {args.out}: {calibration.description}, {calibration.identity}")
+    return 0
+
+
+def _add_calibrate(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("calibrate", help="write preprocessed INT8 calibration images from an ImageNet-layout folder")
+    parser.add_argument("--data-path", type=Path, required=True, help="ImageNet root holding <split>/<wnid>/<image>")
+    parser.add_argument("--num-images", type=int, required=True, help="images to pick, spread over classes")
+    parser.add_argument("--out", type=Path, required=True, help="directory to write (replaced if it holds a set)")
+    parser.add_argument("--variant", default="128S", help="LeViT variant whose preprocessing to apply")
+    parser.add_argument("--split", choices=("train", "val"), default="train",
+                        help="train (default) or val (then val accuracy is measured on calibration images)")
+    parser.add_argument("--seed", type=int, default=0, help="which images are picked")
+    parser.add_argument("--workers", type=int, default=0, help="decoding worker processes")
+    parser.set_defaults(handler=_calibrate)
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from levit_trt.calibration import load_calibration_set
+    from levit_trt.precision_policy import resolve_policy
+    from levit_trt.quantize import quantize_onnx
+
+    policy = resolve_policy(args.policy, args.float_op_types, args.float_nodes)
+    report = quantize_onnx(args.onnx, args.out, load_calibration_set(args.calib), policy,
+                           batch_size=args.batch_size, progress=True)
+    print(f"wrote {args.out}: {report.summary()}")
+    return 0
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    from levit_trt.precision_policy import DEFAULT_POLICY, POLICIES
+
+    parser = sub.add_parser("quantize", help="fp32 ONNX -> Q/DQ INT8 ONNX (for TensorRT and ONNX Runtime)")
+    parser.add_argument("--onnx", type=Path, required=True, help="fp32 ONNX from levit-trt export")
+    parser.add_argument("--calib", type=Path, required=True, help="calibration set from levit-trt calibrate")
+    parser.add_argument("--out", type=Path, required=True, help="Q/DQ ONNX file to write")
+    parser.add_argument("--policy", default=DEFAULT_POLICY,
+                        help=f"which layers stay float: {'; '.join(f'{n}: {p.description}' for n, p in POLICIES.items())}")
+    parser.add_argument("--float-op-types", nargs="+", default=(), metavar="OP", help="more ONNX op types to keep float")
+    parser.add_argument("--float-nodes", nargs="+", default=(), metavar="NODE", help="more node names to keep float")
+    parser.add_argument("--batch-size", type=int, default=16, help="calibration batch size")
+    parser.set_defaults(handler=_quantize)
+
+
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-SUBCOMMANDS = [_add_info, _add_export, _add_eval, _add_build, _add_report, _add_compare]
+SUBCOMMANDS = [_add_info, _add_export, _add_eval, _add_calibrate, _add_quantize, _add_build, _add_report, _add_compare]
 
 
 def build_parser() -> argparse.ArgumentParser:

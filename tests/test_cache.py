@@ -71,10 +71,9 @@ def test_parallel_builders_build_once(tmp_path: Path) -> None:
 
 def test_atomic_output_only_publishes_on_success(tmp_path: Path) -> None:
     target = tmp_path / "out.bin"
-    with pytest.raises(RuntimeError):
-        with atomic_output(target) as tmp:
-            tmp.write_text("partial")
-            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError), atomic_output(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("interrupted")
     assert not target.exists() and os.listdir(tmp_path) == []
     with atomic_output(target) as tmp:
         tmp.write_text("complete")

@@ -52,10 +52,10 @@ def cmake_build(build_dir: Path, nvcc: str, *options: str) -> subprocess.Complet
         f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCH}",
         "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_CXX_FLAGS=-Werror", *options,
     ]
-    result = subprocess.run(configure, capture_output=True, text=True)
+    result = subprocess.run(configure, capture_output=True, text=True, check=False)
     if result.returncode == 0:
         build = ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)]
-        result = subprocess.run(build, capture_output=True, text=True)
+        result = subprocess.run(build, capture_output=True, text=True, check=False)
     assert result.returncode == 0, f"{' '.join(result.args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
 
@@ -117,7 +117,8 @@ def test_torch_op_builds_and_registers(tmp_path):
         "print(tuple(y.shape), y.dtype, y.device.type)"
     )
     env = {**os.environ, plugins.PLUGIN_DIR_ENV: str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO_ROOT)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
+                            check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().splitlines()[-1] == "(8, 6, 196, 196) torch.float16 meta"
 

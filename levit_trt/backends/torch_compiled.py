@@ -13,7 +13,7 @@ valid until the next call, which is how the benchmarks and evaluators use it.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch._inductor
@@ -42,7 +42,7 @@ class TorchCompileBackend(Backend):
     """The prepared model through torch.compile (inductor), one compiled graph per batch size."""
 
     name = "torch-compile"
-    supported = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
+    supported: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
 
     def __init__(self, source: ModelSource, precision: str = "fp32", device: str = "cpu",
                  mode: str | None = None) -> None:
@@ -98,7 +98,7 @@ class TorchCudaGraphBackend(Backend):
     """
 
     name = "torch-cudagraph"
-    supported = {"cuda": ("fp32", "fp16", "bf16")}
+    supported: ClassVar[dict[str, tuple[str, ...]]] = {"cuda": ("fp32", "fp16", "bf16")}
 
     def __init__(self, source: ModelSource, precision: str = "fp32", device: str = "cuda") -> None:
         super().__init__(precision, device)

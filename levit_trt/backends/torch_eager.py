@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import ClassVar
 
 import torch
 
@@ -11,7 +12,7 @@ from levit_trt.backends.base import Availability, Backend, ModelSource
 
 class TorchEagerBackend(Backend):
     name = "torch"
-    supported = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
+    supported: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
     softmax = "native"
     cuda_graph_capture = True
 
@@ -35,7 +36,7 @@ class TorchPluginBackend(TorchEagerBackend):
     """PyTorch eager with attention's softmax replaced by the `levit_trt::softmax` CUDA op."""
 
     name = "torch-plugin"
-    supported = {"cuda": ("fp32", "fp16")}
+    supported: ClassVar[dict[str, tuple[str, ...]]] = {"cuda": ("fp32", "fp16")}
     softmax = "plugin"
 
     @classmethod
