@@ -535,3 +535,38 @@ def test_cli_build_without_tensorrt_says_why(onnx_files: dict[str, Path], tmp_pa
                  str(tmp_path / "cache")])
     assert code == 2 and reason in capsys.readouterr().err
     assert not engine.exists() and not layer_report_path(engine).exists()
+
+
+# --- the real INT8 inputs (calibration, policy, quantizer) through the orchestration ----------------------
+
+def test_real_int8_inputs_reach_the_builder(tmp_path: Path, cache: Path) -> None:
+    """levit_128s through int8_inputs_loader: real synthetic calibration, the default policy and the
+    ONNX Runtime quantizer feed both INT8 plans (only TensorRT itself is faked)."""
+    from levit_trt.backends.base import ModelSource
+    from levit_trt.engines import int8_inputs_loader
+    from levit_trt.precision_policy import resolve_policy
+    from levit_trt.quantize import int8_nodes
+    from levit_trt.variants import resolve_variant
+    from levit_trt.weights import parse_weights
+
+    variant = resolve_variant("128S")
+    source = ModelSource(variant, parse_weights("random"), cache)
+    options = EngineOptions(precision="int8", calib_images=8, calib_batch=4)
+    builder = FakeBuilder()
+    engine = cached_engine(builder, ExportedOnnx(source), options, cache, int8=int8_inputs_loader(options, variant))
+    (job,) = builder.jobs
+    qdq = onnx.load(str(job.onnx_path))
+    kept_float = resolve_policy("default").float_nodes(qdq)
+    assert onnx_form(qdq) == "qdq" and kept_float and not kept_float & set(int8_nodes(qdq))
+    assert engine.manifest["int8"]["policy"] == "default"
+    assert engine.manifest["int8"]["calibration"].startswith("sha256:")
+
+    calibrator = dataclasses.replace(options, int8_mode="calibrator")
+    cached_engine(builder, ExportedOnnx(source), calibrator, cache, int8=int8_inputs_loader(calibrator, variant))
+    job = builder.jobs[1]
+    assert job.calibration is not None and job.calibration.input_shape == (3, 224, 224)
+    fp32 = onnx.load(str(job.onnx_path))
+    layer_nodes = [[node.name] for node in fp32.graph.node]  # one network layer per ONNX node, as parsed
+    kept = job.calibration.layers_kept_float(layer_nodes)
+    assert {fp32.graph.node[i].name for i in kept} == resolve_policy("default").float_nodes(fp32)
+    assert sum(len(batch) for batch in job.calibration.batches()) == 8

@@ -32,15 +32,16 @@ import json
 import os
 import sys
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from levit_trt import plugins  # noqa: E402
-from levit_trt.timing import time_cuda_events, time_cuda_graph  # noqa: E402
-from levit_trt.variants import VARIANTS  # noqa: E402
+from levit_trt import plugins
+from levit_trt.timing import time_cuda_events, time_cuda_graph
+from levit_trt.variants import VARIANTS
 
 ROW_LENGTHS = (1, 16, 17, 49, 196, 1000, 1025, 4096)
 TOLERANCE = {torch.float32: 1e-6, torch.float16: 2e-3}
@@ -122,8 +123,8 @@ def copy_bandwidth_gbs() -> float:
     """Device-to-device copy of 1 GiB: (bytes read + bytes written) / median time, in GB/s."""
     source = torch.randint(0, 255, (1 << 30,), dtype=torch.uint8, device="cuda")
     target = torch.empty_like(source)
-    timing = time_cuda_events(lambda: target.copy_(source), warmup=5, rounds=30)
-    del source, target
+    timing = time_cuda_events(partial(target.copy_, source), warmup=5, rounds=30)
+    del source, target  # free the 2 GiB before the softmax timings
     torch.cuda.empty_cache()
     return 2 * (1 << 30) / (timing.median_ms * 1e-3) / 1e9
 
@@ -169,8 +170,8 @@ def measure(label, shape, dtype, op, copy_gbs, args, inputs="hot", issue_us=None
         torch_fn = rotating(lambda t: torch.softmax(t, -1), tensors)
         plugin_fn = rotating(op, tensors)
     else:
-        torch_fn = lambda: torch.softmax(x, -1)  # noqa: E731
-        plugin_fn = lambda: op(x)  # noqa: E731
+        torch_fn = lambda: torch.softmax(x, -1)
+        plugin_fn = lambda: op(x)
     torch_t = time_per_call_us(torch_fn, args.rounds, calls)
     plugin_t = time_per_call_us(plugin_fn, args.rounds, calls)
     moved = 2 * x.numel() * x.element_size()
@@ -202,11 +203,10 @@ def tuning_sweep(args) -> list[dict[str, object]]:
             if lanes and lanes < 32 and vectors_per_row(shape[-1], dtype) > 4 * lanes:
                 continue  # narrow groups hold at most 4 vectors a lane: these lanes cannot cover the row
 
-            def tuned(r=rows_per_group, w=warps, n=lanes) -> None:
-                torch.ops.levit_trt.softmax_tuned(x, out, r, w, n)
+            tuned = partial(torch.ops.levit_trt.softmax_tuned, x, out, rows_per_group, warps, lanes)
 
             row[f"l{lanes}r{rows_per_group}w{warps}"] = time_per_call_us(tuned, args.rounds, args.calls)["median_us"]
-        row["default_out"] = time_per_call_us(lambda: torch.ops.levit_trt.softmax(x, out=out), args.rounds,
+        row["default_out"] = time_per_call_us(partial(torch.ops.levit_trt.softmax, x, out=out), args.rounds,
                                               args.calls)["median_us"]
         rows.append(row)
     return rows
@@ -266,7 +266,7 @@ def main() -> int:
           f"{'GB/s':>6} {'of copy':>7}  where")
     for r in speed:
         issue = f" (issue: torch {r.issue_torch_us} us)" if r.issue_torch_us else ""
-        print(f"{str(list(r.shape)):>20} {r.dtype:>7} {r.inputs:>4} {r.torch_us:9.2f} {r.plugin_us:9.2f} "
+        print(f"{list(r.shape)!s:>20} {r.dtype:>7} {r.inputs:>4} {r.torch_us:9.2f} {r.plugin_us:9.2f} "
               f"{r.speedup:7.2f} {r.plugin_gbs:6.0f} {r.copy_fraction:7.2f}  {r.label[:60]}{issue}")
     slower = [r for r in speed if r.speedup < 1.0]
     print(f"\nshapes where the plugin is slower than torch.softmax: {len(slower)} of {len(speed)}")

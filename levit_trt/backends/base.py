@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,6 +31,18 @@ class UnsupportedCombination(ValueError):
 class Availability:
     available: bool
     reason: str = ""
+
+    def requiring(self, find_library: Callable[[], object]) -> Availability:
+        """This availability, or unavailable with the build instructions when a plugin library is missing."""
+        from levit_trt.plugins import PluginNotBuiltError
+
+        if not self.available:
+            return self
+        try:
+            find_library()
+        except PluginNotBuiltError as error:
+            return Availability(False, str(error))
+        return self
 
 
 @dataclass

@@ -593,14 +593,7 @@ class TensorRTPluginBackend(TensorRTBackend):
 
     @classmethod
     def availability(cls, device: str) -> Availability:
-        base = super().availability(device)
-        if not base.available:
-            return base
-        try:
-            trt_plugin_library()
-        except PluginNotBuiltError as error:
-            return Availability(False, str(error))
-        return base
+        return super().availability(device).requiring(trt_plugin_library)
 
 
 def build_engine_file(

@@ -41,13 +41,6 @@ class TorchPluginBackend(TorchEagerBackend):
 
     @classmethod
     def availability(cls, device: str) -> Availability:
-        base = super().availability(device)
-        if not base.available:
-            return base
-        from levit_trt.plugins import PluginNotBuiltError, torch_op_library
+        from levit_trt.plugins import torch_op_library
 
-        try:
-            torch_op_library()
-        except PluginNotBuiltError as error:
-            return Availability(False, str(error))
-        return Availability(True)
+        return super().availability(device).requiring(torch_op_library)
