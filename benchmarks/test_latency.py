@@ -23,13 +23,15 @@ from levit_trt.timing import capture_cuda_graph, synchronised, time_cuda_events
 from levit_trt.weights import synthetic_images
 
 
-def test_latency(benchmark, case, backend_for, pytestconfig) -> None:
+def test_latency(benchmark, case, backend_for, weights_spec, pytestconfig) -> None:
     if case.cuda_graphs and not backend_class(case.backend).cuda_graph_capture:
         pytest.skip(f"backend {case.backend!r} cannot be captured into a CUDA graph; run it without --cuda-graphs")
     backend = backend_for(case)
     warmup, rounds = benchmark_rounds(pytestconfig, case.device)
     images = backend.prepare_input(synthetic_images(case.batch, case.variant.input_size, seed=case.batch))
+    started = time.perf_counter()
     backend.prepare_shape(images)  # compile / capture now: setup time stays out of every timed round
+    shape_setup_seconds = time.perf_counter() - started
     logits = backend(images)  # untimed: a backend that returns nonsense fails here, not in a table
     assert logits.shape == (case.batch, NUM_CLASSES) and bool(torch.isfinite(logits).all()), \
         f"{case.id} returned logits of shape {tuple(logits.shape)} (or non-finite values)"
@@ -44,13 +46,19 @@ def test_latency(benchmark, case, backend_for, pytestconfig) -> None:
         if not benchmark.disabled:
             timing = time_cuda_events(call, warmup=warmup, rounds=rounds).summary(items_per_call=case.batch)
             timing["images_per_s"] = timing.pop("items_per_s")
-            timing["timing_method"] = "cuda-graph" if case.cuda_graphs else "cuda-events"
+            if case.cuda_graphs:
+                timing["timing_method"] = "cuda-graph"
             benchmark.extra_info.update(timing)
         benchmark.pedantic(synchronised(call), rounds=rounds, warmup_rounds=warmup)
     else:
         benchmark.pedantic(backend, args=(images,), rounds=rounds, warmup_rounds=warmup)
     # After the calls, so that parts a backend builds lazily count in its setup time; the case's own
     # fields last, so extra_info says what the id says.
-    benchmark.extra_info.update({**backend.describe(), "variant": case.variant.name, "backend": case.backend,
-                                 "precision": case.precision, "batch": case.batch, "device": case.device,
-                                 "cuda_graphs": case.cuda_graphs})
+    described = backend.describe()
+    case_fields = {"variant": case.variant.name, "backend": case.backend, "precision": case.precision,
+                   "batch": case.batch, "device": case.device, "cuda_graphs": case.cuda_graphs,
+                   "weights": weights_spec.describe(), "warmup_rounds": warmup,
+                   "shape_setup_seconds": round(shape_setup_seconds, 3)}
+    clashes = {key for key in set(described) & set(case_fields) if described[key] != case_fields[key]}
+    assert not clashes, f"backend.describe() gives other values for the case's own keys {sorted(clashes)}"
+    benchmark.extra_info.update({**described, **case_fields})

@@ -36,6 +36,7 @@ class LatencyRow:
     device: str
     cuda_graphs: bool
     latency_ms: float
+    single_call_ms: float | None = None  # wall clock of one synchronised call, beside GPU event time
 
     @property
     def label(self) -> str:
@@ -80,6 +81,7 @@ def latency_row(case: BenchmarkCase) -> LatencyRow | None:
         precision=str(info["precision"]), batch=int(info["batch"]),
         device=str(info["device"]).split(":")[0], cuda_graphs=bool(info.get("cuda_graphs", False)),
         latency_ms=case.latency_ms,
+        single_call_ms=case.wall_median_ms if case.gpu_median_ms is not None else None,
     )
 
 
@@ -105,7 +107,7 @@ def _environment_line(run: Run) -> str:
     hardware = env.get("gpu") or env.get("cpu") or run.machine.get("cpu", {}).get("brand_raw", "unknown machine")
     if env.get("gpu"):
         hardware += f" (CC {env.get('gpu_compute_capability')}, driver {env.get('driver')}, CUDA {env.get('torch_cuda')})"
-    commit = str(run.commit.get("id", ""))[:10]
+    commit = str(run.commit.get("id", ""))[:10] + ("+dirty" if run.commit.get("dirty") else "")
     parts = [run.datetime or "undated", hardware, software, f"commit {commit}" if commit else ""]
     return " · ".join(part for part in parts if part)
 
@@ -131,23 +133,28 @@ def report_markdown(
         tables.setdefault(row.table_key, []).append(row)
 
     lines = [f"# Latency: {run.path.name}", "", _environment_line(run), "",
-             ("Latency: median per batch (CUDA-event time per call on a GPU, pytest-benchmark's wall clock on a "
-              f"CPU). Speed-up: {base} latency / latency, same variant, batch and device.")]
+             ("Latency: median per batch. On a GPU, CUDA-event time per call with calls issued back to back "
+              "(device time where the GPU is the bottleneck, launch time where the host is), and the "
+              "wall-clock median of one synchronised call (single call); on a CPU, pytest-benchmark's wall "
+              f"clock. Speed-up: {base} latency / latency, same variant, batch and device.")]
     for key in sorted(tables):
         group = tables[key]
         first = group[0]
         reference = next((row.latency_ms for row in group if base.matches(row)), None)
+        single_call = any(row.single_call_ms is not None for row in group)
         header = ["backend", "precision", *(["top-1 (%)"] if top1 is not None else []), "latency (ms)",
-                  f"speed-up vs {base}"]
+                  *(["single call (ms)"] if single_call else []), f"speed-up vs {base}"]
         lines += ["", f"## {resolve_variant(first.variant).display}, batch {first.batch}, {first.device}", "",
                   "| " + " | ".join(header) + " |",
-                  "|" + "|".join(["---", "---", *(["--:"] if top1 is not None else []), "--:", "--:"]) + "|"]
+                  "|" + "|".join(["---", "---"] + ["--:"] * (len(header) - 2)) + "|"]
         for row in group:
             cells = [row.label, row.precision]
             if top1 is not None:
                 known = top1.get((row.variant, row.backend, row.precision))
                 cells.append("–" if known is None else f"{known:.2f}")
             cells.append(_ms(row.latency_ms))
+            if single_call:
+                cells.append("–" if row.single_call_ms is None else _ms(row.single_call_ms))
             cells.append("–" if reference is None else f"{reference / row.latency_ms:.2f}×")
             lines.append("| " + " | ".join(cells) + " |")
     others = len(run.cases) - len(rows)

@@ -7,8 +7,11 @@ reports can give the median and the spread.
 
 from __future__ import annotations
 
+import gc
+import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -38,9 +41,9 @@ class GpuTiming:
         return statistics.stdev(self.times_ms) if len(self.times_ms) > 1 else 0.0
 
     def percentile_ms(self, pct: float) -> float:
-        """Nearest-rank percentile (pct in 0..100) of the per-call times."""
+        """Nearest-rank percentile (pct in 0..100): the smallest time at least pct% of rounds do not exceed."""
         ordered = sorted(self.times_ms)
-        rank = max(1, min(len(ordered), round(pct / 100.0 * len(ordered) + 0.5)))
+        rank = max(1, min(len(ordered), math.ceil(pct / 100.0 * len(ordered))))
         return ordered[rank - 1]
 
     def summary(self, items_per_call: int = 1) -> dict[str, float | str | int]:
@@ -63,10 +66,30 @@ def _require_cuda() -> None:
         raise RuntimeError("GPU timing needs a CUDA device; torch.cuda.is_available() is False here")
 
 
+@contextmanager
+def garbage_collection_paused() -> Iterator[None]:
+    """No Python garbage collection inside a timed loop: a collection pause lands in one round at random."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def time_cuda_events(
     fn: Callable[[], object], *, warmup: int = 10, rounds: int = 100
 ) -> GpuTiming:
-    """Time `fn` (which enqueues work on the current stream) with a pair of events per call."""
+    """Time `fn` (which enqueues work on the current stream) with a pair of events per call.
+
+    Calls are issued back to back, as in a serving loop: each round is the device time from the end
+    of the previous call's work to the end of this one's. Where the GPU is the bottleneck this is the
+    GPU time per call; where launching is (eager PyTorch at small batches), it is the host's launch
+    time per call and varies with the host. The latency of one call on its own is what a synchronised
+    wall clock measures (pytest-benchmark's statistics beside these).
+    """
     _require_cuda()
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
@@ -76,11 +99,12 @@ def time_cuda_events(
     stream.synchronize()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(rounds)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(rounds)]
-    for start, end in zip(starts, ends):
-        start.record(stream)
-        fn()
-        end.record(stream)
-    stream.synchronize()
+    with garbage_collection_paused():
+        for start, end in zip(starts, ends):
+            start.record(stream)
+            fn()
+            end.record(stream)
+        stream.synchronize()
     return GpuTiming(tuple(s.elapsed_time(e) for s, e in zip(starts, ends)), "cuda-events")
 
 

@@ -20,8 +20,8 @@ enum class SoftmaxDType : int32_t
 //! Launch shape overrides for tuning sweeps; zero means "let the dispatcher choose".
 struct SoftmaxLaunchTuning
 {
-    int32_t rowsPerThreadGroup{0}; //!< 1 or 2 rows held at once by each thread group (warp path)
-    int32_t warpsPerBlock{0};      //!< 1, 2, 4 or 8 warps per block (warp path)
+    int32_t rowsPerThreadGroup{0}; //!< 1 or 2 rows held at once by each thread group (register path)
+    int32_t warpsPerBlock{0};      //!< 1 to 8 warps per block (register path)
     int32_t lanesPerRow{0};        //!< 1, 2, 4, 8, 16 or 32 lanes share a row (must cover it)
 };
 
