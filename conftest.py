@@ -37,6 +37,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--imagenet-root", default=os.environ.get("IMAGENET_ROOT"),
                     help="ImageNet root holding val/<wnid>/<image> (or env IMAGENET_ROOT)")
     group.addoption("--imagenet-limit", type=int, default=None, help="seeded class-balanced subset of N images")
+    group.addoption("--imagenet-classes", type=int, default=1000,
+                    help="class folders val/ must hold (default 1000; labels are folder positions, so a missing one "
+                         "would shift the rest); another number only for trees made for tests")
     group.addoption("--cache-dir", default=None, help="artifact cache (or env LEVIT_TRT_CACHE; default ~/.cache/levit_trt)")
     group.addoption("--warmup-rounds", type=int, default=None, help="benchmark warm-up calls (default: 10 on GPU, 3 on CPU)")
     group.addoption("--rounds", type=int, default=None, help="timed benchmark rounds (default: 100 on GPU, 10 on CPU)")

@@ -83,7 +83,8 @@ def imagenet_images(pytestconfig: pytest.Config, weights_spec: WeightsSpec
             pytest.skip("random weights have no published accuracy: pass --weights pretrained or a checkpoint")
         key = (variant.resize_size, variant.input_size, variant.interpolation)
         if key not in sets:
-            loader = imagenet_loader(root, variant, LoaderOptions(limit=limit))
+            loader = imagenet_loader(root, variant, LoaderOptions(
+                limit=limit, classes=pytestconfig.getoption("--imagenet-classes")))
             samples = loader.dataset.samples  # type: ignore[attr-defined]
             sets[key] = (decode_images(loader) if _fits_in_memory(len(samples), variant)
                          else StreamedImages(loader, samples))

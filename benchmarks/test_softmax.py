@@ -22,7 +22,7 @@ import torch
 
 from levit_trt.backends.base import BackendUnavailable
 from levit_trt.environment import module_versions
-from levit_trt.matrix import benchmark_rounds, selected_batch_sizes, selected_variants
+from levit_trt.matrix import benchmark_rounds, selected_batch_sizes, selected_device, selected_variants
 from levit_trt.plugins import PluginNotBuiltError, load_torch_op, plugin_softmax
 from levit_trt.timing import synchronised, time_cuda_graph
 from levit_trt.variants import attention_shapes
@@ -87,9 +87,10 @@ def softmax_function(case: SoftmaxCase) -> Callable[[torch.Tensor], torch.Tensor
         pytest.skip(str(error))
 
 
+@pytest.mark.gpu
 def test_softmax(benchmark, softmax_case: SoftmaxCase, pytestconfig) -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("softmax benchmarks need a CUDA device (torch.cuda.is_available() is False)")
+    if selected_device(pytestconfig) != "cuda":
+        pytest.skip("softmax benchmarks run on a CUDA device (--device cpu, or torch.cuda.is_available() is False)")
     softmax = softmax_function(softmax_case)
     generator = torch.Generator(device="cuda").manual_seed(sum(softmax_case.shape))
     x = (torch.randn(softmax_case.shape, device="cuda", generator=generator) * 3).to(DTYPES[softmax_case.precision])

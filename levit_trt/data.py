@@ -99,16 +99,17 @@ class ImageNetFolder(Dataset):
         self.transform = transform
         self.image_size = image_size
         self.classes, samples = _scan(self.split_dir, self.root, split)
-        hint = "pass a limit (--limit / --imagenet-limit N) to evaluate a subset"
         if expected_classes is not None and len(self.classes) != expected_classes:
             raise ImageNetLayoutError(
-                f"{self.split_dir} has {len(self.classes)} class folders, expected {expected_classes} "
-                f"for the full ImageNet {split} set ({hint})"
+                f"{self.split_dir} has {len(self.classes)} class folders, expected {expected_classes}: labels are the "
+                f"folders' positions in sorted order, so a missing or extra folder shifts every later label (a "
+                f"subset run needs them all too; --classes / --imagenet-classes N for a tree of another size)"
             )
         if expected_images is not None and len(samples) != expected_images:
             raise ImageNetLayoutError(
                 f"{self.split_dir} has {len(samples)} images, expected {expected_images} for the full "
-                f"ImageNet {split} set, on which the published accuracy was measured ({hint})"
+                f"ImageNet {split} set, on which the published accuracy was measured (pass a limit, "
+                f"--limit / --imagenet-limit N, to evaluate a subset)"
             )
         if limit is not None:
             samples = [samples[i] for i in balanced_subset_indices([s[1] for s in samples], limit, seed)]
@@ -189,14 +190,18 @@ class LoaderOptions:
     limit: int | None = None  # seeded, class-balanced subset of this many images
     seed: int = 0
     split: str = "val"
+    # Class folders the split must hold: labels are folder positions, so this is checked with or
+    # without a limit. None accepts any number (the small trees tests write).
+    classes: int | None = IMAGENET_CLASSES
 
 
 def imagenet_dataset(root: Path | str, variant: Variant, options: LoaderOptions = LoaderOptions()) -> ImageNetFolder:
-    """The folder as uint8 crops; without a limit the val split must be the full 1000 x 50 set."""
-    full = options.limit is None and options.split == "val"
+    """The folder as uint8 crops; it must hold `options.classes` classes, and without a limit the
+    ImageNet val split must be the full 1000 x 50 set."""
+    full = options.limit is None and options.split == "val" and options.classes == IMAGENET_CLASSES
     return ImageNetFolder(
         root, crop_transform(variant), options.split,
-        expected_classes=IMAGENET_CLASSES if full else None, image_size=variant.input_size,
+        expected_classes=options.classes, image_size=variant.input_size,
         expected_images=IMAGENET_VAL_IMAGES if full else None, limit=options.limit, seed=options.seed,
     )
 

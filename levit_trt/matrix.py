@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from levit_trt.backends.base import PRECISIONS
 from levit_trt.backends.registry import BACKENDS, backend_class, parse_backends
 from levit_trt.variants import Variant, resolve_variants
 
@@ -39,6 +40,7 @@ class Case:
 
 
 def selected_device(config: pytest.Config) -> str:
+    """`--device`: cpu or cuda; 'auto' is cuda where torch sees a GPU."""
     device = config.getoption("--device")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,6 +62,7 @@ def benchmark_rounds(config: pytest.Config, device: str) -> tuple[int, int]:
 
 
 def selected_variants(config: pytest.Config) -> list[Variant]:
+    """`--variants`, resolved; a bad name is a usage error listing the valid ones."""
     try:
         return resolve_variants(config.getoption("--variants"))
     except ValueError as error:
@@ -103,9 +106,9 @@ def selected_cases(config: pytest.Config, batches: bool = True,
     default_precisions = auto_precisions or (["fp32"] if device == "cpu" else ["fp32", "fp16"])
     precisions = list(default_precisions) if precision_option == "auto" \
         else [p.strip() for p in precision_option.split(",") if p.strip()]
-    unknown = [p for p in precisions if p not in ("fp32", "fp16", "bf16", "int8")]
+    unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
-        raise pytest.UsageError(f"unknown precision(s) {unknown}; choose from fp32, fp16, bf16, int8")
+        raise pytest.UsageError(f"unknown precision(s) {unknown}; choose from {', '.join(PRECISIONS)}")
     sizes = selected_batch_sizes(config) if batches else [0]
     graphs = bool(config.getoption("--cuda-graphs"))
     if graphs and device != "cuda":

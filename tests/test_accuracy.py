@@ -216,8 +216,9 @@ def test_imagenet_suite_fails_a_poor_model_and_records_it(tmp_path: Path) -> Non
     checkpoint = tmp_path / "random.pth"
     torch.save(create_model(resolve_variant("128S"), parse_weights("random:0")).state_dict(), checkpoint)
     results = tmp_path / "acc.json"
-    completed = run_suite("--imagenet-root", str(root), "--imagenet-limit", "6", "--weights", str(checkpoint),
-                          "--accuracy-json", str(results), "--cache-dir", str(tmp_path / "cache"))
+    completed = run_suite("--imagenet-root", str(root), "--imagenet-limit", "6", "--imagenet-classes", "3",
+                          "--weights", str(checkpoint), "--accuracy-json", str(results),
+                          "--cache-dir", str(tmp_path / "cache"))
     assert completed.returncode == 1, completed.stdout + completed.stderr
     assert "1 failed" in completed.stdout
     assert "on 6 images is below published 76.60 - allowance 0.30 - 3 x sampling error 17.28" in completed.stdout
@@ -225,3 +226,13 @@ def test_imagenet_suite_fails_a_poor_model_and_records_it(tmp_path: Path) -> Non
     assert (entry["variant"], entry["backend"], entry["images"], entry["weights"]) == (
         "levit_128s", "torch", 6, str(checkpoint))
     assert entry["extra"]["limit"] == 6
+
+
+def test_imagenet_suite_refuses_a_tree_with_a_missing_class(tmp_path: Path) -> None:
+    """Without --imagenet-classes, a limited run on a tree that lacks class folders is a layout error."""
+    from levit_trt.data import write_synthetic_imagenet
+
+    root = write_synthetic_imagenet(tmp_path / "imagenet", num_classes=3, images_per_class=2)
+    completed = run_suite("--imagenet-root", str(root), "--imagenet-limit", "6", "--weights", "pretrained")
+    assert completed.returncode != 0
+    assert "has 3 class folders, expected 1000" in completed.stdout + completed.stderr

@@ -82,7 +82,7 @@ def test_eval_transform_equals_timms(name: str, size: tuple[int, int]) -> None:
 
 def test_loader_batches_normalised_equal_timms_transform_of_the_files(tree: Path) -> None:
     variant = resolve_variant("128S")
-    loader = imagenet_loader(tree, variant, LoaderOptions(batch_size=8, workers=0, limit=12))
+    loader = imagenet_loader(tree, variant, LoaderOptions(batch_size=8, workers=0, limit=12, classes=None))
     dataset: ImageNetFolder = loader.dataset  # type: ignore[assignment]
     reference = timm_eval_transform(variant)
     seen = 0
@@ -131,12 +131,21 @@ def test_layout_errors_name_the_problem(tmp_path: Path, make, message: str | Non
 
 def test_a_full_run_needs_all_classes_and_images(tree: Path) -> None:
     variant = resolve_variant("128S")
-    with pytest.raises(ImageNetLayoutError, match=r"has 4 class folders, expected 1000 for the full ImageNet val set "
-                                                  r"\(pass a limit"):
+    with pytest.raises(ImageNetLayoutError, match=r"has 4 class folders, expected 1000: labels are the folders' "
+                                                  r"positions"):
         imagenet_dataset(tree, variant)
     with pytest.raises(ImageNetLayoutError, match="has 20 images, expected 50000 for the full ImageNet val set"):
         ImageNetFolder(tree, crop_transform(variant), expected_classes=4, expected_images=50_000)
-    assert len(imagenet_dataset(tree, variant, LoaderOptions(limit=6))) == 6  # a subset run needs neither
+    assert len(imagenet_dataset(tree, variant, LoaderOptions(limit=6, classes=4))) == 6  # a subset: not all images
+
+
+def test_a_subset_still_needs_every_class_folder(tree: Path) -> None:
+    """A missing folder would shift the labels of every later class, and a limit must not hide that."""
+    variant = resolve_variant("128S")
+    with pytest.raises(ImageNetLayoutError, match="has 4 class folders, expected 5"):
+        imagenet_dataset(tree, variant, LoaderOptions(limit=6, classes=5))
+    with pytest.raises(ImageNetLayoutError, match="has 4 class folders, expected 1000"):
+        imagenet_dataset(tree, variant, LoaderOptions(limit=6))
 
 
 def test_unreadable_images_are_labelled_not_dropped(tmp_path: Path) -> None:
@@ -177,18 +186,18 @@ def test_remainder_images_go_to_random_classes() -> None:
 
 
 def test_loader_defaults_decode_in_parallel(tree: Path) -> None:
-    loader = imagenet_loader(tree, resolve_variant("128S"), LoaderOptions(limit=4))
+    loader = imagenet_loader(tree, resolve_variant("128S"), LoaderOptions(limit=4, classes=None))
     assert loader.num_workers == default_workers() >= 1
     assert loader.persistent_workers and loader.pin_memory == torch.cuda.is_available()
-    assert imagenet_loader(tree, resolve_variant("128S"), LoaderOptions(limit=4, workers=0)).num_workers == 0
+    assert imagenet_loader(tree, resolve_variant("128S"), LoaderOptions(limit=4, workers=0, classes=None)).num_workers == 0
 
 
 def test_decoded_images_equal_the_streamed_batches(tree: Path) -> None:
     variant = resolve_variant("128S")
-    streamed = imagenet_loader(tree, variant, LoaderOptions(batch_size=3, workers=0, limit=10))
-    decoded = decode_images(imagenet_loader(tree, variant, LoaderOptions(batch_size=4, workers=1, limit=10)),
+    streamed = imagenet_loader(tree, variant, LoaderOptions(batch_size=3, workers=0, limit=10, classes=None))
+    decoded = decode_images(imagenet_loader(tree, variant, LoaderOptions(batch_size=4, workers=1, limit=10, classes=None)),
                             progress=False)
-    assert decoded.samples == imagenet_dataset(tree, variant, LoaderOptions(limit=10)).samples and len(decoded) == 10
+    assert decoded.samples == imagenet_dataset(tree, variant, LoaderOptions(limit=10, classes=None)).samples and len(decoded) == 10
     ours = [torch.cat(parts) for parts in zip(*decoded.batches(batch_size=3))]
     theirs = [torch.cat(parts) for parts in zip(*streamed)]
     for a, b in zip(ours, theirs, strict=True):
