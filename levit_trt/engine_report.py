@@ -73,8 +73,13 @@ def layer_precision(layer: Mapping[str, Any] | str) -> str:
     return INDEX if INDEX in found else UNKNOWN
 
 
+def _parse(engine_information: str) -> Any:
+    """The inspector's JSON; strict=False because it writes the metadata separators (\\x1f, \\x1e) unescaped."""
+    return json.loads(engine_information, strict=False)
+
+
 def _layers(layers_json: str | Mapping[str, Any]) -> list[Any]:
-    data = json.loads(layers_json) if isinstance(layers_json, str) else layers_json
+    data = _parse(layers_json) if isinstance(layers_json, str) else layers_json
     layers = data.get("Layers") if isinstance(data, Mapping) else None
     if isinstance(layers, list):
         return layers
@@ -95,8 +100,13 @@ def onnx_node_names(metadata: str) -> list[str]:
 
 
 def onnx_node_op_types(model: onnx.ModelProto) -> dict[str, str]:
-    """Node name -> op type for the main graph, naming unnamed nodes the way TensorRT's ONNX parser does."""
-    return {(node.name or (f"node_of_{node.output[0]}" if node.output else "")): node.op_type
+    """Node name -> op type for the main graph, naming unnamed nodes the way TensorRT's ONNX parser does.
+
+    The softmax plugin's nodes count as Softmax (`onnx_rewrites.standard_op_type`), as in the policies.
+    """
+    from levit_trt.onnx_rewrites import standard_op_type
+
+    return {(node.name or (f"node_of_{node.output[0]}" if node.output else "")): standard_op_type(node)
             for node in model.graph.node}
 
 
@@ -121,7 +131,7 @@ def layers_kept_float(
 
 def layer_report(engine_information: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
     """The inspector's JSON plus how the engine was built and its precision summary, for layers.json."""
-    data: dict[str, Any] = json.loads(engine_information)
+    data: dict[str, Any] = _parse(engine_information)
     summary = summarize_layer_precisions(data)
     data[REPORT_KEY] = {**provenance, "precision_summary": summary}
     return data

@@ -22,6 +22,8 @@ from levit_trt.plugins import softmax_plugin_identity
 
 PLUGIN_DOMAIN = "levit_trt"
 PLUGIN_DOMAIN_VERSION = 1
+# Bump when replace_softmax_with_plugin writes other nodes for the same input (cached rewrites are keyed by it).
+REWRITE_VERSION = 1
 PLUGIN_AXIS = -1
 _ONNX_DOMAINS = ("", "ai.onnx")
 _PLUGIN_ELEMENT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
@@ -151,6 +153,17 @@ def _plugin_node(softmax: onnx.NodeProto) -> onnx.NodeProto:
 def _import_plugin_domain(opset_imports: Any) -> None:
     if not any(opset.domain == PLUGIN_DOMAIN for opset in opset_imports):
         opset_imports.append(helper.make_opsetid(PLUGIN_DOMAIN, PLUGIN_DOMAIN_VERSION))
+
+
+def standard_op_type(node: onnx.NodeProto) -> str:
+    """The ONNX op a node computes: 'Softmax' for the plugin's softmax nodes, else its own op_type.
+
+    Precision policies and layer reports name ONNX ops; a rewritten graph must keep its softmax
+    float under the policy that keeps Softmax float.
+    """
+    if node.domain == PLUGIN_DOMAIN and node.op_type == softmax_plugin_identity().name:
+        return "Softmax"
+    return str(node.op_type)
 
 
 def replace_softmax_with_plugin(model: onnx.ModelProto) -> int:

@@ -28,6 +28,14 @@ class PolicyError(ValueError):
     """An unknown policy, op type or node name; the message lists the valid ones."""
 
 
+def _op_typed_nodes(model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
+    """Each node with the ONNX op it computes: the softmax plugin's nodes count as Softmax, so a
+    policy means the same nodes in a graph with the plugin (`onnx_rewrites.standard_op_type`)."""
+    from levit_trt.onnx_rewrites import standard_op_type
+
+    return [(node, standard_op_type(node)) for node in model.graph.node]
+
+
 def _constants(model: onnx.ModelProto) -> dict[str, int]:
     """Names of constant tensors (initializers and Constant outputs) -> their rank."""
     ranks = {init.name: len(init.dims) for init in model.graph.initializer}
@@ -47,14 +55,14 @@ def _is_epilogue(node: onnx.NodeProto, constants: dict[str, int]) -> bool:
 def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes that get INT8 inputs when no policy keeps anything float, in graph order."""
     constants = _constants(model)
-    return [node.name for node in model.graph.node
-            if node.op_type in QUANTIZED_OP_TYPES and not _is_epilogue(node, constants)]
+    return [node.name for node, op_type in _op_typed_nodes(model)
+            if op_type in QUANTIZED_OP_TYPES and not _is_epilogue(node, constants)]
 
 
 def attention_bias_adds(model: onnx.ModelProto) -> set[str]:
     """The Adds of a constant [heads, N, N] attention bias to the scaled q@k scores before a Softmax."""
     constants = _constants(model)
-    softmax_inputs = {node.input[0] for node in model.graph.node if node.op_type == "Softmax"}
+    softmax_inputs = {node.input[0] for node, op_type in _op_typed_nodes(model) if op_type == "Softmax"}
     return {node.name for node in model.graph.node
             if node.op_type == "Add" and node.output[0] in softmax_inputs
             and any(constants.get(name) == 3 for name in node.input)}
@@ -80,7 +88,7 @@ class PrecisionPolicy:
                 f"float node {missing[0]!r} is not in the graph"
                 + (f" (did you mean {', '.join(close)}?)" if close else "")
                 + "; node names are those of the fp32 ONNX (see e.g. `python -m onnx.tools.net_drawer` or Netron)")
-        chosen = {node.name for node in model.graph.node if node.op_type in self.float_op_types}
+        chosen = {node.name for node, op_type in _op_typed_nodes(model) if op_type in self.float_op_types}
         chosen.update(self.float_node_names)
         if self.float_attention_bias_add:
             chosen |= attention_bias_adds(model)
@@ -93,6 +101,7 @@ class PrecisionPolicy:
                 "float_attention_bias_add": self.float_attention_bias_add}
 
 
+DEFAULT_POLICY = "default"
 POLICIES: dict[str, PrecisionPolicy] = {
     p.name: p for p in (
         PrecisionPolicy("all-int8", "every quantizable node in INT8 (the reference's first, lossy INT8 engine)"),
@@ -101,13 +110,12 @@ POLICIES: dict[str, PrecisionPolicy] = {
         PrecisionPolicy("activations", "only the Hardswish/HardSigmoid activations stay float",
                         float_op_types=("HardSwish", "HardSigmoid")),
         PrecisionPolicy(
-            "default",
+            DEFAULT_POLICY,
             "the layers the reference found sensitive stay float: Hardswish/HardSigmoid activations, "
             "Softmax and the attention-bias Add",
             float_op_types=("HardSwish", "HardSigmoid", "Softmax"), float_attention_bias_add=True),
     )
 }
-DEFAULT_POLICY = "default"
 
 
 def _check_op_types(op_types: Sequence[str]) -> None:

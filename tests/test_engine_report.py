@@ -133,3 +133,14 @@ def test_unreadable_report_names_the_file(tmp_path: Path) -> None:
 
 def test_report_of_an_engine_file_sits_beside_it() -> None:
     assert layer_report_path(Path("out/levit.engine")) == Path("out/levit.engine.layers.json")
+
+
+def test_raw_control_characters_in_the_inspector_json() -> None:
+    """The inspector writes the metadata separators unescaped: the strict JSON decoder would refuse them."""
+    raw = json.dumps(ENGINE_INFORMATION).replace("\\u001f", "\x1f")
+    assert "\x1f" in raw
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(raw)
+    assert summarize_layer_precisions(raw) == summarize_layer_precisions(ENGINE_INFORMATION)
+    report = layer_report(raw, {"cache_key": "k"})
+    assert onnx_node_names(report["Layers"][0]["Metadata"]) == ["/stem/conv1/Conv", "/stem/Add"]

@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from levit_trt.onnx_rewrites import replace_softmax_with_plugin
 from levit_trt.precision_policy import (
     POLICIES,
     QUANTIZED_OP_TYPES,
@@ -64,6 +65,18 @@ def test_each_policy_on_the_hand_made_graph(attention_graph: onnx.ModelProto) ->
     assert POLICIES["default"].float_nodes(attention_graph) == {"act", "softmax", "bias_add"}
     extra = resolve_policy("all-int8", extra_op_types=["MatMul"], extra_nodes=["residual"])
     assert extra.float_nodes(attention_graph) == {"qkv", "q_k", "attn_v", "residual"}
+
+
+def test_policies_see_the_plugin_softmax_as_softmax(attention_graph: onnx.ModelProto) -> None:
+    """After the Softmax -> plugin rewrite, every policy keeps the same nodes float (bias Add included)."""
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(attention_graph)
+    assert replace_softmax_with_plugin(rewritten) == 1
+    assert [n.op_type for n in rewritten.graph.node if n.name == "softmax"] != ["Softmax"]
+    assert attention_bias_adds(rewritten) == {"bias_add"}
+    assert quantizable_nodes(rewritten) == quantizable_nodes(attention_graph)
+    for name, policy in POLICIES.items():
+        assert policy.float_nodes(rewritten) == policy.float_nodes(attention_graph), name
 
 
 def test_default_policy_on_exported_levit(model_source) -> None:
