@@ -14,12 +14,14 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
+_umask_lock = threading.Lock()
 
 
 class CacheError(RuntimeError):
@@ -71,11 +73,30 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _umask() -> int:
+    """The process umask (Python can only read it by setting it; the lock keeps our threads from racing)."""
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def set_default_permissions(path: Path) -> None:
+    """Give a file or directory made by mkstemp/mkdtemp (0o600/0o700) the mode a plain open/mkdir gives.
+
+    Called before publishing: cached engines and user-named outputs must be readable by whoever the
+    umask lets read ordinary files, like every other file the tools write.
+    """
+    full = 0o777 if path.is_dir() else 0o666
+    os.chmod(path, full & ~_umask())
+
+
 def read_manifest(entry: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((entry / MANIFEST_NAME).read_text())
+        manifest: dict[str, Any] = json.loads((entry / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return None
+    return manifest
 
 
 def cached_build(
@@ -99,6 +120,7 @@ def cached_build(
         try:
             build(tmp)
             (tmp / MANIFEST_NAME).write_text(json.dumps(wanted, indent=2, sort_keys=True))
+            set_default_permissions(tmp)
             if entry.exists():
                 shutil.rmtree(entry)
             os.replace(tmp, entry)
@@ -115,12 +137,42 @@ def atomic_output(path: Path) -> Iterator[Path]:
     For user-named outputs (`--out`, `--engine`): an interrupted write never leaves a file that
     looks complete.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_outputs(path) as (tmp,):
         yield tmp
-        os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
+    """`atomic_output` for files that belong together (an engine and its report): all of them are
+    replaced, or, if the block or a rename fails, none (files already renamed get their old content back)."""
+    temps: list[Path] = []
+    backups: list[tuple[Path, Path | None]] = []  # (published path, its former file moved aside, if any)
+    try:
+        for path in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+            os.close(fd)
+            temps.append(Path(name))
+        yield tuple(temps)
+        try:
+            for tmp, path in zip(temps, paths):
+                set_default_permissions(tmp)
+                backup = None
+                if path.is_file():
+                    backup = tmp.with_name(f"{tmp.name}.old")
+                    os.replace(path, backup)
+                backups.append((path, backup))
+                os.replace(tmp, path)
+        except BaseException:
+            for path, backup in reversed(backups):
+                if backup is not None:
+                    os.replace(backup, path)
+                elif path.is_file():
+                    path.unlink()
+            raise
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        for _, backup in backups:
+            if backup is not None:
+                backup.unlink(missing_ok=True)

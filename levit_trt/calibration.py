@@ -17,19 +17,22 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
+from levit_trt.cache import set_default_permissions
 from levit_trt.variants import Variant, resolve_variant
+
+if TYPE_CHECKING:  # torch is imported where batches are made, so EngineOptions can read the default below cheaply
+    import torch
 
 IMAGES_NAME = "images.npy"
 MANIFEST_NAME = "manifest.json"
 # Bump when the on-disk layout changes; older sets are then refused with a message to rewrite them.
 CALIBRATION_FORMAT = 1
 CALIBRATION_SPLITS = ("train", "val")
-# Synthetic images when no calibration folder is given (ONNX Runtime INT8 backend). On levit_128s
+# Synthetic images when no calibration folder is given (both INT8 backends). On levit_128s
 # (random weights, default policy, two seeds) 32, 64 and 128 images gave mean logit cosines to fp32
 # of 0.940/0.956, 0.937/0.958 and 0.945/0.924: more synthetic images did not help, and each costs
 # about 0.15 s of calibration on 2 cores.
@@ -56,12 +59,10 @@ class CalibrationSet:
     def num_images(self) -> int:
         return int(self.images.shape[0])
 
-    @property
-    def image_size(self) -> int:
-        return int(self.images.shape[-1])
-
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Consecutive fp32 CPU batches [B, 3, H, W]; the last one may be smaller."""
+        import torch
+
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         for start in range(0, self.num_images, batch_size):
@@ -230,6 +231,7 @@ def _replace_directory(out_dir: Path, build: Callable[[Path], None]) -> None:
     old = out_dir.parent / f"{tmp.name}.old"
     try:
         build(tmp)
+        set_default_permissions(tmp)
         if out_dir.exists():
             os.replace(out_dir, old)
         try:

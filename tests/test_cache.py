@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from levit_trt.cache import CacheError, atomic_output, cache_key, cached_build, ensure_cache_dir
+from levit_trt.cache import CacheError, atomic_output, atomic_outputs, cache_key, cached_build, ensure_cache_dir
 
 
 def test_key_changes_with_any_field_and_ignores_order() -> None:
@@ -90,3 +91,41 @@ def test_unwritable_cache_dir_is_a_clear_error(tmp_path: Path) -> None:
 def test_default_cache_dir_follows_the_environment(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("LEVIT_TRT_CACHE", str(tmp_path / "c"))
     assert ensure_cache_dir() == tmp_path / "c"
+
+
+@pytest.fixture
+def umask_027() -> Iterator[None]:
+    previous = os.umask(0o027)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_published_files_and_entries_get_the_umask_permissions(tmp_path: Path, umask_027: None) -> None:
+    """Not mkstemp's 0o600 / mkdtemp's 0o700: what open() and mkdir() would give under the umask."""
+    with atomic_output(tmp_path / "out.bin") as tmp:
+        tmp.write_text("complete")
+    entry = cached_build(tmp_path, "kind", {"x": 1}, lambda d: (d / "artifact").write_text("v1"))
+    plain_file, plain_dir = tmp_path / "plain.bin", tmp_path / "plain"
+    plain_file.write_text("")
+    plain_dir.mkdir()
+    mode = {path.name: path.stat().st_mode & 0o777 for path in (tmp_path / "out.bin", entry, plain_file, plain_dir)}
+    assert mode == {"out.bin": 0o640, entry.name: 0o750, "plain.bin": 0o640, "plain": 0o750}
+
+
+def test_atomic_outputs_replace_all_or_none(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.bin", tmp_path / "b.bin"
+    with atomic_outputs(first, second) as (tmp_a, tmp_b):
+        tmp_a.write_text("a1")
+        tmp_b.write_text("b1")
+    with pytest.raises(RuntimeError), atomic_outputs(first, second) as (tmp_a, tmp_b):
+        tmp_a.write_text("a2")
+        raise RuntimeError("interrupted before the second file was written")
+    assert (first.read_text(), second.read_text()) == ("a1", "b1")
+    blocked = tmp_path / "c.bin"
+    blocked.mkdir()  # the rename onto it fails after a.bin was replaced
+    with pytest.raises(IsADirectoryError), atomic_outputs(first, blocked) as (tmp_a, tmp_c):
+        tmp_a.write_text("a3")
+        tmp_c.write_text("c3")
+    assert first.read_text() == "a1" and sorted(os.listdir(tmp_path)) == ["a.bin", "b.bin", "c.bin"]

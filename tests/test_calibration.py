@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,15 @@ def test_interrupted_write_leaves_the_old_set(written: Path, image_root: Path, t
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
     assert load_calibration_set(out).identity == before.identity
+
+
+def test_written_set_gets_the_umask_permissions(image_root: Path, tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        write_calibration_set(image_root, VARIANT, 1, tmp_path / "set", progress=False)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "set").stat().st_mode & 0o777 == 0o755  # a folder mkdir would make, not mkdtemp's 0o700
 
 
 def test_out_folder_with_other_files_is_refused(image_root: Path, tmp_path: Path) -> None:
