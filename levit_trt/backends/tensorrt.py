@@ -10,11 +10,13 @@ from the empty `tensorrt` namespace package that `tensorrt-stubs` alone installs
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
@@ -57,6 +59,9 @@ if TYPE_CHECKING:
     import tensorrt as trt
     from typing_extensions import Buffer
 
+# TensorRT errors kept for exception messages: an exception quotes those logged since its call began,
+# so the few most recent suffice, and a long-running process must not keep every error it ever saw.
+_KEPT_ERRORS = 64
 _TORCH_DTYPES = {  # trt.DataType member name -> torch dtype
     "FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
     "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool,
@@ -82,10 +87,30 @@ def _logger() -> _RecordingLogger:
     return _RecordingLogger.create()
 
 
-class _RecordingLogger:
-    """Prints TensorRT's warnings and errors to stderr and keeps the errors, so exceptions can quote them."""
+class _ErrorLog:
+    """The last `limit` error messages, numbered, so a caller can quote those logged after its `mark()`."""
 
-    def __init__(self, logger: trt.ILogger, errors: list[str]) -> None:
+    def __init__(self, limit: int = _KEPT_ERRORS) -> None:
+        self._recent: collections.deque[str] = collections.deque(maxlen=limit)
+        self._count = 0
+
+    def append(self, message: str) -> None:
+        self._recent.append(message)
+        self._count += 1
+
+    def mark(self) -> int:
+        return self._count
+
+    def since(self, mark: int) -> str:
+        """The errors logged since `mark` (as many as are kept), for an exception message."""
+        recent = list(self._recent)
+        return "; ".join(recent[len(recent) - min(self._count - mark, len(recent)):]) or "no error was logged"
+
+
+class _RecordingLogger:
+    """Prints TensorRT's warnings and errors to stderr and keeps the recent errors, so exceptions can quote them."""
+
+    def __init__(self, logger: trt.ILogger, errors: _ErrorLog) -> None:
         self.logger = logger
         self.errors = errors
 
@@ -93,7 +118,7 @@ class _RecordingLogger:
     def create(cls) -> _RecordingLogger:
         import tensorrt as trt
 
-        errors: list[str] = []
+        errors = _ErrorLog()
 
         class Logger(trt.ILogger):
             def __init__(self) -> None:
@@ -107,9 +132,12 @@ class _RecordingLogger:
 
         return cls(Logger(), errors)
 
+    def mark(self) -> int:
+        return self.errors.mark()
+
     def recent_errors(self, since: int) -> str:
-        """The errors logged since `since` (a former `len(errors)`), for an exception message."""
-        return "; ".join(self.errors[since:]) or "no error was logged"
+        """The errors logged since `since` (a former `mark()`), for an exception message."""
+        return self.errors.since(since)
 
 
 _plugin_lock = threading.Lock()
@@ -131,7 +159,7 @@ def load_plugin_libraries(libraries: Sequence[Path]) -> None:
                 continue
             if library.name == TRT_PLUGIN_LIBRARY_NAME:
                 check_trt_plugin_library(tensorrt_major(trt.__version__), library)
-            since = len(_logger().errors)
+            since = _logger().mark()
             handle = registry.load_library(str(library))
             if handle is None:
                 raise PluginMismatchError(f"TensorRT could not load the plugin library {library}: "
@@ -197,17 +225,39 @@ def _configure(config: trt.IBuilderConfig, options: EngineOptions, plan: BuildPl
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer, tactic and precision in the report
 
 
-def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
-    """Start from the measured tactic timings at `path`; a cache from another TensorRT or GPU is not mixed in."""
-    data = path.read_bytes() if path.is_file() else b""
-    if not config.set_timing_cache(config.create_timing_cache(data), False):
-        print(f"levit_trt: timing cache {path} does not match this TensorRT/GPU; starting a new one", file=sys.stderr)
-        config.set_timing_cache(config.create_timing_cache(b""), False)
+def _read_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache | None:
+    """The timing cache in the file at `path` (a new empty one where there is none); None when TensorRT cannot read it."""
+    # The stubs promise an ITimingCache, but TensorRT returns None (a null pointer) for a corrupt blob.
+    cache: trt.ITimingCache | None = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+    return cache
+
+
+def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> trt.ITimingCache:
+    """Start from the measured tactic timings at `path`; an unreadable cache, or one from another TensorRT or GPU,
+    is replaced by a new one (said on stderr). The caller holds the returned cache until the build is over."""
+    cache = _read_timing_cache(config, path)
+    if cache is not None and config.set_timing_cache(cache, False):
+        return cache
+    why = "is unreadable (corrupt or truncated)" if cache is None else "does not match this TensorRT/GPU"
+    print(f"levit_trt: timing cache {path} {why}; starting a new one, which replaces it after this build",
+          file=sys.stderr)
+    since = _logger().mark()
+    fresh: trt.ITimingCache | None = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, False):
+        raise RuntimeError(f"TensorRT could not create a new timing cache for {path}: "
+                           f"{_logger().recent_errors(since)}")
+    return fresh
 
 
 def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
-    with file_lock(path.with_name(f"{path.name}.lock")), atomic_output(path) as tmp:
-        tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    """Write this build's timings to `path`, combined under the lock with what other builds wrote there meanwhile."""
+    cache = config.get_timing_cache()
+    with file_lock(path.with_name(f"{path.name}.lock")):
+        on_disk = _read_timing_cache(config, path)
+        if on_disk is not None:
+            cache.combine(on_disk, False)  # refused (False) for another TensorRT/GPU's file, which ours replaces
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(bytes(cache.serialize()))
 
 
 def _network_input(network: trt.INetworkDefinition) -> tuple[str, tuple[int, ...]]:
@@ -226,6 +276,17 @@ def _network_input(network: trt.INetworkDefinition) -> tuple[str, tuple[int, ...
 class _CalibrationResult:
     cache: bytes | None = None  # what the calibrator wrote
     error: BaseException | None = None  # raised while TensorRT was calling the calibrator
+
+
+@contextlib.contextmanager
+def _calibration_errors_first(result: _CalibrationResult) -> Iterator[None]:
+    """Raise the calibrator's stored error after the build, even when the build failed: TensorRT only saw "no more
+    batches" and fails with a message of its own, which then hangs off the real cause as its __context__."""
+    try:
+        yield
+    finally:
+        if result.error is not None:
+            raise result.error
 
 
 def _entropy_calibrator(job: CalibrationJob, device: torch.device,
@@ -282,7 +343,7 @@ def _build_serialized(builder: trt.Builder, network: trt.INetworkDefinition, con
                       what: str) -> bytes:
     import tensorrt as trt
 
-    since = len(_logger().errors)
+    since = _logger().mark()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT {trt.__version__} could not build {what}: {_logger().recent_errors(since)}")
@@ -293,7 +354,7 @@ def deserialize_engine(data: bytes, what: str) -> tuple[trt.Runtime, trt.ICudaEn
     """The engine in `data` and the runtime that must outlive it; RuntimeError quoting TensorRT's errors."""
     import tensorrt as trt
 
-    since = len(_logger().errors)
+    since = _logger().mark()
     runtime = trt.Runtime(_logger().logger)
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
@@ -339,14 +400,14 @@ class TensorRTBuilder:
             # Held here: the builder config keeps only a raw pointer to the calibrator during the build.
             calibrator = (self._set_up_calibration(builder, network, config, job.calibration, name, calibration)
                           if job.calibration is not None else None)
-            if job.options.timing_cache is not None:
-                _load_timing_cache(config, job.options.timing_cache)
-            serialized = _build_serialized(builder, network, config, f"an engine from {job.onnx_path}")
-            del calibrator
-            if calibration.error is not None:
-                raise calibration.error
-            if job.options.timing_cache is not None:
-                _save_timing_cache(config, job.options.timing_cache)
+            # Held here too: TensorRT asks that a timing cache outlive the builds that use it.
+            timing_path = job.options.timing_cache
+            timing_cache = _load_timing_cache(config, timing_path) if timing_path is not None else None
+            with _calibration_errors_first(calibration):
+                serialized = _build_serialized(builder, network, config, f"an engine from {job.onnx_path}")
+            if timing_path is not None:
+                _save_timing_cache(config, timing_path)
+            del calibrator, timing_cache
             _, engine = deserialize_engine(serialized, "the engine it just built")
             return BuiltEngine(serialized, engine_information(engine), calibration.cache)
 
@@ -433,9 +494,10 @@ class EngineRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
         x = x.contiguous()
-        if self.cuda_graph:
-            return self._replay(x)
-        return self._enqueue(x, torch.cuda.current_stream(self.device))
+        with torch.cuda.device(self.device):  # the engine's context and a graph capture belong to its device
+            if self.cuda_graph:
+                return self._replay(x)
+            return self._enqueue(x, torch.cuda.current_stream(self.device))
 
     def _enqueue(self, x: torch.Tensor, stream: torch.cuda.Stream, out: torch.Tensor | None = None) -> torch.Tensor:
         if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
@@ -445,7 +507,7 @@ class EngineRunner:
                               device=self.device)
         self.context.set_tensor_address(self.input_name, x.data_ptr())
         self.context.set_tensor_address(self.output_name, out.data_ptr())
-        since = len(_logger().errors)
+        since = _logger().mark()
         if not self.context.execute_async_v3(stream.cuda_stream):
             raise RuntimeError(f"TensorRT could not enqueue {self.name}: {_logger().recent_errors(since)}")
         return out
