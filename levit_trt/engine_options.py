@@ -18,9 +18,13 @@ TensorRT 10 vs 11, read from the C++ headers in shared/tensorrt-headers/{10.13,1
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
+from levit_trt.precision_policy import DEFAULT_POLICY, POLICIES
 
 EnginePrecision = Literal["fp32", "fp16", "int8"]
 Int8Mode = Literal["qdq", "calibrator"]
@@ -51,7 +55,7 @@ class EngineOptions:
     `strongly_typed="auto"` picks per TensorRT version (see `plan_build`). INT8 comes from a
     Q/DQ ONNX (`int8_mode="qdq"`, TensorRT 10 and 11) or from TensorRT 10's implicit entropy
     calibration (`"calibrator"`); `policy`, `float_op_types` and `float_nodes` say which nodes stay
-    float in either path. `calib_dir=None` means synthetic calibration images (`calib_images`).
+    float in either path. `calib_dir=None` means `calib_images` synthetic calibration images.
     """
 
     precision: EnginePrecision = "fp32"
@@ -64,11 +68,11 @@ class EngineOptions:
     timing_cache: Path | None = None
     strongly_typed: bool | Literal["auto"] = "auto"
     int8_mode: Int8Mode = "qdq"
-    policy: str = "default"
+    policy: str = DEFAULT_POLICY
     float_op_types: tuple[str, ...] = ()
     float_nodes: tuple[str, ...] = ()
     calib_dir: Path | None = None
-    calib_images: int = 512
+    calib_images: int = SYNTHETIC_CALIBRATION_IMAGES
     calib_batch: int = 16
 
     def __post_init__(self) -> None:
@@ -99,8 +103,8 @@ class EngineOptions:
         if self.precision == "int8" and self.int8_mode == "calibrator" and self.strongly_typed is True:
             raise bad("strongly_typed", "implicit INT8 calibration (int8_mode='calibrator') needs a weakly typed "
                                         "network; use strongly_typed='auto' or False, or int8_mode='qdq'")
-        if not isinstance(self.policy, str) or not self.policy:
-            raise bad("policy", f"must be a policy name, got {self.policy!r}")
+        if self.policy not in POLICIES:
+            raise bad("policy", f"unknown precision policy {self.policy!r}; valid policies: {', '.join(POLICIES)}")
         for name in ("float_op_types", "float_nodes"):
             value = getattr(self, name)
             if isinstance(value, str) or not all(isinstance(v, str) and v for v in value):
@@ -115,18 +119,21 @@ class EngineOptions:
         """The options as they enter an engine's cache key.
 
         Left out on purpose: `timing_cache` is a file of measured tactic timings that only speeds a
-        build up; `calib_dir` is a location, whose content enters the key through
-        `Int8Source.calibration` (its identity hash) instead; and the INT8 fields of an fp32/fp16
-        engine, which cannot change it (so `--policy` on an fp16 build does not rebuild it).
+        build up; `calib_dir` and `calib_images` choose the calibration images, whose content enters
+        the key through `Int8Source.calibration` (their identity hash) instead; `calib_batch` except
+        for the calibrator, the only path that reads it; and the INT8 fields of an fp32/fp16 engine,
+        which cannot change it (so `--policy` on an fp16 build does not rebuild it).
         """
         fields = dataclasses.asdict(self)
-        del fields["timing_cache"], fields["calib_dir"]
+        del fields["timing_cache"], fields["calib_dir"], fields["calib_images"]
         if self.precision == "int8":
             fields["float_op_types"] = sorted(self.float_op_types)
             fields["float_nodes"] = sorted(self.float_nodes)
+            if self.int8_mode != "calibrator":
+                del fields["calib_batch"]
         else:
             for name in INT8_FIELDS:
-                del fields[name]
+                fields.pop(name, None)
         return fields
 
 
@@ -195,17 +202,29 @@ def plan_build(options: EngineOptions, trt_major: int) -> BuildPlan:
 
 @dataclass(frozen=True)
 class Int8Source:
-    """Where an INT8 engine's scales came from, and which nodes were kept float: for keys and reports."""
+    """Where an INT8 engine's scales came from, and which nodes were kept float: for keys and reports.
+
+    The float choice is the resolved policy's whole manifest (`PrecisionPolicy.manifest()`), so two
+    policies that keep different nodes float never share a key.
+    """
 
     mode: Int8Mode
     policy: str
     float_op_types: tuple[str, ...] = ()
     float_node_names: tuple[str, ...] = ()
-    calibration: str | None = None  # calibration data identity (quantize.calibration_identity); None: unknown
+    float_attention_bias_add: bool = False
+    calibration: str | None = None  # calibration data identity (CalibrationSet.identity); None: unknown
+
+    @classmethod
+    def from_policy(cls, mode: Int8Mode, policy: Mapping[str, Any], calibration: str | None) -> Int8Source:
+        """From a `PrecisionPolicy.manifest()` (of the policy in hand, or as a Q/DQ ONNX's metadata recorded it)."""
+        return cls(mode, str(policy["name"]), tuple(policy["float_op_types"]), tuple(policy["float_node_names"]),
+                   bool(policy["float_attention_bias_add"]), calibration)
 
     def manifest(self) -> dict[str, Any]:
         return {"mode": self.mode, "policy": self.policy, "float_op_types": sorted(self.float_op_types),
-                "float_node_names": sorted(self.float_node_names), "calibration": self.calibration}
+                "float_node_names": sorted(self.float_node_names),
+                "float_attention_bias_add": self.float_attention_bias_add, "calibration": self.calibration}
 
     def describe(self) -> dict[str, Any]:
         """Short form for `Backend.describe()` and the accuracy JSON."""

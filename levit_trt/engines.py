@@ -10,6 +10,7 @@ version, GPU, ONNX sha256, options, plugin hashes, INT8 source) into a cache ent
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from levit_trt.cache import atomic_output, cache_key, cached_build, canonical_json, read_manifest
+from levit_trt.cache import atomic_outputs, cache_key, cached_build, canonical_json, read_manifest
+from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
 from levit_trt.engine_options import (
     BuildPlan,
     EngineOptions,
@@ -42,7 +44,8 @@ from levit_trt.engine_report import (
     read_layer_report,
     write_layer_report,
 )
-from levit_trt.plugins import library_sha256, softmax_plugin_identity, trt_plugin_library
+from levit_trt.plugins import TRT_PLUGIN_LIBRARY_NAME, library_sha256, softmax_plugin_identity, trt_plugin_library
+from levit_trt.precision_policy import DEFAULT_POLICY
 from levit_trt.weights import file_sha256
 
 if TYPE_CHECKING:
@@ -50,6 +53,8 @@ if TYPE_CHECKING:
     import torch
 
     from levit_trt.backends.base import ModelSource
+    from levit_trt.calibration import CalibrationSet
+    from levit_trt.precision_policy import PrecisionPolicy
     from levit_trt.variants import Variant
 
 ENGINE_KIND = "tensorrt"
@@ -58,59 +63,73 @@ PLUGIN_ONNX_KIND = "onnx-softmax-plugin"
 ENGINE_FILENAME = "engine.plan"
 CALIBRATION_CACHE_FILENAME = "calibration.cache"
 PLUGIN_ONNX_FILENAME = "model.onnx"
-# Int8Source.policy of an engine parsed from a Q/DQ ONNX the user made: its policy is not known here.
+# Int8Source.policy of an engine parsed from a Q/DQ ONNX without levit-trt quantize's metadata.
 PREQUANTIZED_POLICY = "prequantized"
-_QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
 
-QuantizeFn = Callable[[Path, Any, Any, Path], Path]
+QuantizeFn = Callable[[Path, "CalibrationSet", "PrecisionPolicy", Path], Path]
 
 
-def _quantize_with_helper(fp32_onnx: Path, calibration: Any, policy: Any, cache_dir: Path) -> Path:
+def _cached_qdq_onnx(fp32_onnx: Path, calibration: CalibrationSet, policy: PrecisionPolicy, cache_dir: Path) -> Path:
+    """`levit_trt.quantize.cached_qdq_onnx`, imported on first use (quantize imports this module)."""
     from levit_trt.quantize import cached_qdq_onnx
 
-    return Path(cached_qdq_onnx(fp32_onnx, calibration, policy, cache_dir))
+    return cached_qdq_onnx(fp32_onnx, calibration, policy, cache_dir)
 
 
 @dataclass(frozen=True)
 class Int8Inputs:
-    """What an INT8 engine needs besides the ONNX: calibration images, the float-fallback policy, a quantizer.
+    """What an INT8 model needs besides the fp32 ONNX: calibration images, the float-fallback policy, a quantizer.
 
-    `calibration` is a `levit_trt.calibration.CalibrationSet`, `policy` a
-    `levit_trt.precision_policy.PrecisionPolicy`; `quantize` turns an fp32 ONNX into a Q/DQ ONNX
-    (`levit_trt.quantize.cached_qdq_onnx` unless a test gives another).
+    `quantize` turns an fp32 ONNX into a Q/DQ ONNX (`levit_trt.quantize.cached_qdq_onnx` unless a
+    test gives another).
     """
 
-    calibration: Any
-    policy: Any
-    quantize: QuantizeFn = _quantize_with_helper
+    calibration: CalibrationSet
+    policy: PrecisionPolicy
+    quantize: QuantizeFn = _cached_qdq_onnx
 
     def source(self, mode: Int8Mode) -> Int8Source:
-        return Int8Source(mode, self.policy.name, tuple(self.policy.float_op_types),
-                          tuple(self.policy.float_node_names), self.calibration.identity)
+        return Int8Source.from_policy(mode, self.policy.manifest(), self.calibration.identity)
+
+
+def load_int8_inputs(
+    policy: str = DEFAULT_POLICY,
+    float_op_types: Sequence[str] = (),
+    float_nodes: Sequence[str] = (),
+    *,
+    calib_dir: Path | None = None,
+    variant: Variant | None = None,
+    calib_images: int = SYNTHETIC_CALIBRATION_IMAGES,
+) -> Int8Inputs:
+    """The resolved policy and the calibration set of an INT8 model, for every backend that quantizes.
+
+    Calibration images come from `calib_dir` (levit-trt calibrate), which must have been written
+    for `variant` when that is known, else `calib_images` synthetic images of `variant`.
+    """
+    from levit_trt.calibration import load_calibration_set, synthetic_calibration_set
+    from levit_trt.precision_policy import resolve_policy
+
+    if calib_dir is None and variant is None:
+        raise ValueError("an INT8 build from an fp32 ONNX needs calibration images: pass --calib DIR (written by "
+                         "levit-trt calibrate), or build from the Q/DQ ONNX that levit-trt quantize writes")
+    resolved = resolve_policy(policy, float_op_types, float_nodes)
+    if calib_dir is not None:
+        calibration = load_calibration_set(calib_dir, variant)
+    else:
+        assert variant is not None
+        calibration = synthetic_calibration_set(variant, calib_images)
+    return Int8Inputs(calibration, resolved)
 
 
 def int8_inputs_loader(options: EngineOptions, variant: Variant | None) -> Callable[[], Int8Inputs]:
-    """A loader of the calibration set (`options.calib_dir`, else synthetic images of `variant`) and the policy.
+    """`load_int8_inputs` for `options`, deferred: `cached_engine` calls it only when an INT8 plan needs it.
 
-    Called only when a build needs them, so a pre-quantized ONNX or a cached engine reads no images.
+    So a pre-quantized Q/DQ ONNX reads no images; any other INT8 build reads and hashes them even
+    when its engine is cached, because their identity is part of the engine's key.
     """
-
-    def load() -> Int8Inputs:
-        if options.calib_dir is None and variant is None:
-            raise ValueError("an INT8 build from an fp32 ONNX needs calibration images: pass --calib DIR (written by "
-                             "levit-trt calibrate), or build from the Q/DQ ONNX that levit-trt quantize writes")
-        from levit_trt.calibration import load_calibration_set, synthetic_calibration_set
-        from levit_trt.precision_policy import resolve_policy
-
-        policy = resolve_policy(options.policy, options.float_op_types, options.float_nodes)
-        if options.calib_dir is not None:
-            calibration = load_calibration_set(options.calib_dir)
-        else:
-            assert variant is not None
-            calibration = synthetic_calibration_set(variant, options.calib_images)
-        return Int8Inputs(calibration, policy)
-
-    return load
+    return functools.partial(load_int8_inputs, options.policy, options.float_op_types, options.float_nodes,
+                             calib_dir=options.calib_dir, variant=variant, calib_images=options.calib_images)
 
 
 def load_onnx(path: Path) -> onnx.ModelProto:
@@ -125,8 +144,13 @@ def load_onnx(path: Path) -> onnx.ModelProto:
         raise ValueError(f"{path} is not a readable ONNX model ({type(error).__name__}: {error})") from error
 
 
-def onnx_content_sha256(path: Path, model: onnx.ModelProto) -> str:
-    """sha256 of an ONNX file and of the external-data files its initializers point to, if any."""
+def onnx_content_sha256(path: Path, model: onnx.ModelProto | None = None) -> str:
+    """sha256 of an ONNX file and of the external-data files its initializers point to, if any.
+
+    `model` is the graph of `path` where the caller has read it already.
+    """
+    if model is None:
+        model = load_onnx(path)
     locations = sorted({entry.value for tensor in model.graph.initializer for entry in tensor.external_data
                         if entry.key == "location"})
     if not locations:
@@ -144,7 +168,7 @@ def onnx_form(model: onnx.ModelProto) -> OnnxForm:
     """'qdq' for a graph with Q/DQ nodes, else 'fp16' or 'fp32' after its input's element type."""
     import onnx
 
-    if any(node.op_type in _QDQ_OPS for node in model.graph.node):
+    if any(node.op_type in QDQ_OP_TYPES for node in model.graph.node):
         return "qdq"
     if model.graph.input and model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16:
         return "fp16"
@@ -159,13 +183,15 @@ def uses_softmax_plugin(model: onnx.ModelProto) -> bool:
 
 
 def plugin_libraries_for(model: onnx.ModelProto, given: Sequence[Path]) -> tuple[Path, ...]:
-    """The plugin libraries to load before parsing: those given, else the softmax plugin when the graph uses it."""
+    """The plugin libraries to load before parsing: those given, and the softmax plugin when the graph uses it
+    (unless a library of that name is among those given)."""
     missing = [str(path) for path in given if not Path(path).is_file()]
     if missing:
         raise FileNotFoundError(f"plugin library not found: {', '.join(missing)}")
-    if given:
-        return tuple(Path(path).resolve() for path in given)
-    return (trt_plugin_library(),) if uses_softmax_plugin(model) else ()
+    libraries = [Path(path).resolve() for path in given]
+    if uses_softmax_plugin(model) and not any(path.name == TRT_PLUGIN_LIBRARY_NAME for path in libraries):
+        libraries.append(trt_plugin_library().resolve())
+    return tuple(dict.fromkeys(libraries))
 
 
 def onnx_input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
@@ -182,9 +208,9 @@ def with_softmax_plugin(onnx_path: Path, cache_dir: Path) -> Path:
     cannot write: the quantizer calibrates in ONNX Runtime, which cannot run the plugin)."""
     import onnx
 
-    from levit_trt.onnx_rewrites import replace_softmax_with_plugin
+    from levit_trt.onnx_rewrites import REWRITE_VERSION, replace_softmax_with_plugin
 
-    manifest = {"artifact": "onnx-softmax-plugin", "source_sha256": file_sha256(onnx_path),
+    manifest = {"artifact": PLUGIN_ONNX_KIND, "rewrite": REWRITE_VERSION, "source_sha256": onnx_content_sha256(onnx_path),
                 "plugin": dataclasses.asdict(softmax_plugin_identity()), "onnx": onnx.__version__}
 
     def build(directory: Path) -> None:
@@ -288,7 +314,7 @@ class CalibrationJob:
         return layers_kept_float(layer_nodes, self.node_op_types, self.float_op_types, self.float_node_names)
 
 
-def calibration_batches(calibration: Any, batch_size: int, input_shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
+def calibration_batches(calibration: CalibrationSet, batch_size: int, input_shape: tuple[int, ...]) -> Iterator[torch.Tensor]:
     """Full fp32 CPU batches [batch_size, *input_shape] from a CalibrationSet; a last partial batch is dropped
     (the calibrator's buffer has one fixed shape); a batch of another shape or type is a ValueError."""
     import torch
@@ -400,7 +426,7 @@ def cached_engine(
     libraries = plugin_libraries_for(model, plugin_libraries)
     int8_source: Int8Source | None = None
     if options.precision == "int8":
-        int8_source = inputs.source(options.int8_mode) if inputs is not None else Int8Source("qdq", PREQUANTIZED_POLICY)
+        int8_source = inputs.source(options.int8_mode) if inputs is not None else _prequantized_source(model, onnx_path)
     onnx_sha256 = onnx_content_sha256(onnx_path, model)
     manifest = engine_manifest(
         tensorrt_version=builder.tensorrt_version, gpu=builder.gpu, onnx_sha256=onnx_sha256, options=options,
@@ -441,6 +467,17 @@ def cached_engine(
     return CachedEngine(entry, manifest, plan, int8_source, libraries)
 
 
+def _prequantized_source(model: onnx.ModelProto, path: Path) -> Int8Source:
+    """The policy and calibration a Q/DQ ONNX's metadata records (levit-trt quantize writes them);
+    PREQUANTIZED_POLICY and an unknown calibration for a Q/DQ ONNX from elsewhere."""
+    from levit_trt.quantize import quantization_metadata
+
+    stamp = quantization_metadata(model, str(path))
+    if stamp is None:
+        return Int8Source("qdq", PREQUANTIZED_POLICY)
+    return Int8Source.from_policy("qdq", stamp["policy"], stamp["calibration"])
+
+
 def _calibration_job(inputs: Int8Inputs, model: onnx.ModelProto, batch_size: int, cache: bytes | None) -> CalibrationJob:
     calibration = inputs.calibration
     if cache is None and calibration.num_images < batch_size:
@@ -459,13 +496,12 @@ def _calibration_job(inputs: Int8Inputs, model: onnx.ModelProto, batch_size: int
 
 
 def write_engine_file(engine: CachedEngine, engine_path: Path) -> Path:
-    """Copy a cached engine to a user-named file, its layer report beside it (each written atomically).
+    """Copy a cached engine to a user-named file with its layer report beside it; returns the report's path.
 
-    The report goes first: an engine file never appears without the report that says what it is.
-    Returns the report's path.
+    Both files are replaced or neither is: an engine never sits beside the report of another one.
     """
     report_path = layer_report_path(engine_path)
-    for source, target in ((engine.layers_path, report_path), (engine.engine_path, engine_path)):
-        with atomic_output(target) as tmp:
-            shutil.copyfile(source, tmp)
+    with atomic_outputs(engine_path, report_path) as (engine_tmp, report_tmp):
+        shutil.copyfile(engine.engine_path, engine_tmp)
+        shutil.copyfile(engine.layers_path, report_tmp)
     return report_path

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import io
 import json
 import logging
@@ -49,9 +48,9 @@ import onnx
 
 from levit_trt.cache import atomic_output, cached_build
 from levit_trt.calibration import CalibrationSet
+from levit_trt.engines import QDQ_OP_TYPES, load_onnx, onnx_content_sha256
 from levit_trt.export import INPUT_NAME, check_onnx
 from levit_trt.precision_policy import QUANTIZED_OP_TYPES, PrecisionPolicy, quantizable_nodes
-from levit_trt.weights import file_sha256
 
 QDQ_ONNX_FILENAME = "model.qdq.onnx"
 METADATA_KEY = "levit_trt.quantization"
@@ -61,7 +60,6 @@ CALIBRATE_METHOD = "Percentile"
 CALIBRATE_PERCENTILE = 99.999
 # levit_128s quantized with 128 calibration images peaked at 2.4 GB in chunks of 64, 3.9 GB in one pass.
 _CHUNK_IMAGES = 64
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
 _ORT_OPTIONS: dict[str, Any] = {
     "ActivationSymmetric": True,  # TensorRT needs zero points of 0
     "WeightSymmetric": True,
@@ -100,9 +98,6 @@ class QuantizationReport:
         kinds = ", ".join(f"{count} {op_type}" for op_type, count in sorted(kept.items())) or "none"
         return (f"policy {self.policy['name']}: {self.num_quantized} nodes in INT8, {self.num_float} kept float "
                 f"({kinds}); calibrated on {self.calibration_images} images ({self.calibrate_method})")
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class _CalibrationReader:
@@ -145,13 +140,9 @@ class _CalibrationReader:
 
 
 def _load_fp32(path: Path, calibration: CalibrationSet) -> onnx.ModelProto:
-    if not path.is_file():
-        raise QuantizationError(f"ONNX file {path} does not exist; write one with levit-trt export")
-    try:
-        model = onnx.load(str(path))
-    except Exception as error:  # protobuf decode errors share no useful base class
-        raise QuantizationError(f"cannot read {path} as ONNX ({error}); re-export it with levit-trt export") from error
-    if any(node.op_type in _QDQ for node in model.graph.node):
+    """The graph of `path` (`engines.load_onnx`), checked to be an fp32 export that `calibration` fits."""
+    model = load_onnx(path)
+    if any(node.op_type in QDQ_OP_TYPES for node in model.graph.node):
         raise QuantizationError(f"{path} already holds Q/DQ nodes; quantize the fp32 ONNX from levit-trt export")
     names = collections.Counter(node.name for node in model.graph.node)
     bad = [name for name, count in names.items() if count > 1 or not name]
@@ -182,7 +173,7 @@ def _detach_float_nodes(model: onnx.ModelProto, float_nodes: set[str]) -> None:
                 node.input[index] = q.input[0]
     while True:  # drop the Q/DQ nodes nobody reads any more
         used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-        unused = [n for n in model.graph.node if n.op_type in _QDQ and not any(o in used for o in n.output)]
+        unused = [n for n in model.graph.node if n.op_type in QDQ_OP_TYPES and not any(o in used for o in n.output)]
         if not unused:
             return
         for node in unused:
@@ -192,7 +183,7 @@ def _detach_float_nodes(model: onnx.ModelProto, float_nodes: set[str]) -> None:
 def int8_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the non-Q/DQ nodes that take at least one input straight from a DequantizeLinear."""
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
-    return [node.name for node in model.graph.node if node.op_type not in _QDQ
+    return [node.name for node in model.graph.node if node.op_type not in QDQ_OP_TYPES
             and any(producers.get(name) == "DequantizeLinear" for name in node.input)]
 
 
@@ -275,9 +266,22 @@ def _stamp(model: onnx.ModelProto, policy: PrecisionPolicy, calibration: Calibra
 
 def read_quantization_metadata(qdq_onnx: Path) -> dict[str, Any] | None:
     """What `quantize_onnx` recorded in a Q/DQ ONNX (policy, calibration identity); None for other files."""
-    model = onnx.load(str(qdq_onnx), load_external_data=False)
+    return quantization_metadata(load_onnx(qdq_onnx), str(qdq_onnx))
+
+
+def quantization_metadata(model: onnx.ModelProto, where: str = "the ONNX model") -> dict[str, Any] | None:
+    """`read_quantization_metadata` of a graph already read; ValueError when the record is damaged."""
     value = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
-    return json.loads(value) if value is not None else None
+    if value is None:
+        return None
+    try:
+        stamp = json.loads(value)
+    except ValueError as error:
+        raise ValueError(f"{where}: unreadable {METADATA_KEY} metadata ({error}); quantize it again") from error
+    missing = [key for key in ("policy", "calibration") if not isinstance(stamp, dict) or key not in stamp]
+    if missing:
+        raise ValueError(f"{where}: its {METADATA_KEY} metadata lacks {', '.join(missing)}; quantize it again")
+    return dict(stamp)
 
 
 def qdq_manifest(fp32_onnx: Path, calibration: CalibrationSet, policy: PrecisionPolicy) -> dict[str, Any]:
@@ -288,7 +292,7 @@ def qdq_manifest(fp32_onnx: Path, calibration: CalibrationSet, policy: Precision
         "artifact": "qdq-onnx",
         "quantizer": QUANTIZER_VERSION,
         "onnxruntime": onnxruntime.__version__,
-        "fp32_onnx_sha256": file_sha256(Path(fp32_onnx)),
+        "fp32_onnx_sha256": onnx_content_sha256(Path(fp32_onnx)),
         "calibration": calibration.identity,
         "policy": policy.manifest(),
         "calibrate_method": [CALIBRATE_METHOD, CALIBRATE_PERCENTILE],

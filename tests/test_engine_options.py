@@ -12,6 +12,7 @@ import pytest
 
 from levit_trt import plugins
 from levit_trt.cache import cache_key
+from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
 from levit_trt.engine_options import (
     DEFAULT_BATCH_RANGE,
     INT8_FIELDS,
@@ -36,6 +37,8 @@ def test_defaults_cover_batches_1_to_64_with_16_optimal() -> None:
     options = EngineOptions()
     assert (options.min_batch, options.opt_batch, options.max_batch) == DEFAULT_BATCH_RANGE == (1, 16, 64)
     assert options.precision == "fp32" and options.tf32 is False
+    # The synthetic calibration images the ONNX Runtime INT8 backend uses too (one measured default).
+    assert options.calib_images == SYNTHETIC_CALIBRATION_IMAGES
 
 
 @pytest.mark.parametrize(
@@ -55,7 +58,7 @@ def test_defaults_cover_batches_1_to_64_with_16_optimal() -> None:
         ({"int8_mode": "implicit"}, "int8_mode", "one of qdq, calibrator"),
         ({"precision": "int8", "int8_mode": "calibrator", "strongly_typed": True}, "strongly_typed",
          "needs a weakly typed network"),
-        ({"policy": ""}, "policy", "must be a policy name"),
+        ({"policy": "fp8"}, "policy", "unknown precision policy 'fp8'; valid policies: all-int8, activations, default"),
         ({"float_op_types": "Softmax"}, "float_op_types", "tuple of non-empty names"),
         ({"float_nodes": ("",)}, "float_nodes", "tuple of non-empty names"),
     ],
@@ -180,7 +183,8 @@ def manifest(**changes: Any) -> dict[str, Any]:
     return engine_manifest(**base)
 
 
-INT8 = Int8Source("qdq", "default", ("HardSwish", "Softmax"), ("attn_bias_add",), "calib-1")
+INT8 = Int8Source("qdq", "default", ("HardSwish", "Softmax"), ("attn_bias_add",), float_attention_bias_add=True,
+                  calibration="calib-1")
 # A different valid value for every EngineOptions field.
 OTHER_VALUES: dict[str, Any] = {
     "precision": "fp16", "min_batch": 2, "opt_batch": 8, "max_batch": 32, "tf32": True, "opt_level": 5,
@@ -188,7 +192,9 @@ OTHER_VALUES: dict[str, Any] = {
     "policy": "all-int8", "float_op_types": ("Softmax",), "float_nodes": ("node_1",), "calib_dir": Path("calib"),
     "calib_images": 64, "calib_batch": 8,
 }
-NOT_IN_KEY = {"timing_cache", "calib_dir"}  # a speed-up file, and a location whose content is keyed via Int8Source
+# A speed-up file; where the calibration images come from and how many, whose content is keyed via
+# Int8Source.calibration; and the calibrator's batch size, which the Q/DQ path does not read.
+NOT_IN_KEY = {"timing_cache", "calib_dir", "calib_images", "calib_batch"}
 
 
 def test_other_values_cover_every_option_field() -> None:
@@ -201,6 +207,13 @@ def test_each_option_changes_the_int8_key(field: str) -> None:
     changed = dataclasses.replace(base, **{field: OTHER_VALUES[field]})
     same = cache_key(manifest(options=base, int8=INT8)) == cache_key(manifest(options=changed, int8=INT8))
     assert same == (field in NOT_IN_KEY)
+
+
+def test_calib_batch_changes_the_calibrator_key_only() -> None:
+    calibrator = EngineOptions(precision="int8", int8_mode="calibrator")
+    for base, keyed in ((calibrator, True), (EngineOptions(precision="int8"), False)):
+        other = dataclasses.replace(base, calib_batch=8)
+        assert (cache_key(manifest(options=base, int8=INT8)) != cache_key(manifest(options=other, int8=INT8))) is keyed
 
 
 @pytest.mark.parametrize("field", sorted(OTHER_VALUES))
@@ -232,7 +245,7 @@ def test_plugin_hash_and_int8_source_fields_change_the_key() -> None:
     assert cache_key(manifest(plugin_sha256=plugin)) != cache_key(
         manifest(plugin_sha256={"liblevit_softmax_trt.so": "d" * 64}))
     for change in ({"mode": "calibrator"}, {"policy": "all-int8"}, {"float_op_types": ("Softmax",)},
-                   {"float_node_names": ()}, {"calibration": "calib-2"}):
+                   {"float_node_names": ()}, {"float_attention_bias_add": False}, {"calibration": "calib-2"}):
         other = dataclasses.replace(INT8, **change)
         assert cache_key(manifest(int8=other)) != cache_key(manifest(int8=INT8)), change
 

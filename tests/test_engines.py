@@ -123,9 +123,15 @@ class FakePolicy:
     name: str = "default"
     float_op_types: tuple[str, ...] = ("HardSwish", "Softmax")
     float_node_names: tuple[str, ...] = ()
+    float_attention_bias_add: bool = False
 
     def float_nodes(self, model: onnx.ModelProto) -> set[str]:
         return {n.name for n in model.graph.node if n.op_type in self.float_op_types or n.name in self.float_node_names}
+
+    def manifest(self) -> dict[str, Any]:
+        return {"name": self.name, "float_op_types": sorted(self.float_op_types),
+                "float_node_names": sorted(self.float_node_names),
+                "float_attention_bias_add": self.float_attention_bias_add}
 
 
 @dataclass
@@ -162,12 +168,13 @@ def entries(cache: Path, kind: str = ENGINE_KIND) -> list[str]:
     return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock")) if root.is_dir() else []
 
 
-def int8_loader(calibration: FakeCalibration | None = None, policy: FakePolicy | None = None,
+def int8_loader(calibration: FakeCalibration | None = None, policy: Any = None,
                 quantizer: FakeQuantizer | None = None, calls: list[int] | None = None) -> Any:
     def load() -> Int8Inputs:
         if calls is not None:
             calls.append(1)
-        return Int8Inputs(calibration or FakeCalibration(), policy or FakePolicy(), quantizer or FakeQuantizer())
+        return Int8Inputs(calibration or FakeCalibration(), policy or FakePolicy(),  # type: ignore[arg-type]
+                          quantizer or FakeQuantizer())
 
     return load
 
@@ -353,12 +360,19 @@ def test_exported_onnx_in_the_planned_form(major: int, precision: str, form: str
     assert [(o.precision, o.softmax_plugin) for o in source.requests] == [(form, False)]
 
 
-def test_exported_qdq_quantizes_the_native_export_and_adds_the_plugin(tmp_path: Path, cache: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def softmax_plugin_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A stand-in for the built softmax plugin library where levit_trt looks for it."""
     plugin_dir = tmp_path / "build"
     plugin_dir.mkdir()
-    (plugin_dir / plugins.TRT_PLUGIN_LIBRARY_NAME).write_bytes(b"softmax plugin")
+    library = plugin_dir / plugins.TRT_PLUGIN_LIBRARY_NAME
+    library.write_bytes(b"softmax plugin")
     monkeypatch.setenv(plugins.PLUGIN_DIR_ENV, str(plugin_dir))
+    return library.resolve()
+
+
+def test_exported_qdq_quantizes_the_native_export_and_adds_the_plugin(tmp_path: Path, cache: Path,
+                                                                     softmax_plugin_library: Path) -> None:
     source, quantizer, builder = FakeModelSource(tmp_path), FakeQuantizer(), FakeBuilder(tensorrt_version="11.1.0")
     engine = cached_engine(builder, ExportedOnnx(source, softmax_plugin=True), EngineOptions(precision="int8"),  # type: ignore[arg-type]
                            cache, int8=int8_loader(quantizer=quantizer))
@@ -367,9 +381,25 @@ def test_exported_qdq_quantizes_the_native_export_and_adds_the_plugin(tmp_path: 
     parsed = onnx.load(str(job.onnx_path))
     assert onnx_form(parsed) == "qdq" and not any(n.op_type == "Softmax" for n in parsed.graph.node)
     assert [n.domain for n in parsed.graph.node if n.name == "softmax"] == [PLUGIN_DOMAIN]
-    assert job.plugin_libraries == ((plugin_dir / plugins.TRT_PLUGIN_LIBRARY_NAME).resolve(),)
+    assert job.plugin_libraries == (softmax_plugin_library,)
     assert engine.manifest["plugins"] == [{"library": plugins.TRT_PLUGIN_LIBRARY_NAME,
-                                           "sha256": file_sha256(plugin_dir / plugins.TRT_PLUGIN_LIBRARY_NAME)}]
+                                           "sha256": file_sha256(softmax_plugin_library)}]
+
+
+def test_extra_plugin_libraries_are_loaded_besides_the_softmax_plugin(onnx_files: dict[str, Path], cache: Path,
+                                                                     tmp_path: Path, softmax_plugin_library: Path) -> None:
+    extra = tmp_path / "libextra_plugins.so"
+    extra.write_bytes(b"another plugin")
+    plugin_onnx = GivenOnnx.read(with_softmax_plugin(onnx_files["fp32"], cache))
+    builder = FakeBuilder()
+    engine = cached_engine(builder, plugin_onnx, EngineOptions(), cache, plugin_libraries=[extra])
+    assert builder.jobs[0].plugin_libraries == engine.plugin_libraries == (extra.resolve(), softmax_plugin_library)
+    # The softmax plugin named explicitly (from wherever it lies) is loaded once, in the given place.
+    cached_engine(builder, plugin_onnx, EngineOptions(opt_level=1), cache, plugin_libraries=[softmax_plugin_library])
+    assert builder.jobs[1].plugin_libraries == (softmax_plugin_library,)
+    # A graph without plugin nodes loads only what is given.
+    cached_engine(builder, GivenOnnx.read(onnx_files["fp32"]), EngineOptions(), cache, plugin_libraries=[extra])
+    assert builder.jobs[2].plugin_libraries == (extra.resolve(),)
 
 
 def test_softmax_plugin_rewrite_is_cached(onnx_files: dict[str, Path], cache: Path) -> None:
@@ -401,7 +431,8 @@ def test_qdq_int8_from_an_fp32_onnx(onnx_files: dict[str, Path], cache: Path) ->
     assert quantizer.calls == [onnx_files["fp32"]] and onnx_form(onnx.load(str(job.onnx_path))) == "qdq"
     assert job.plan.strongly_typed and job.calibration is None
     assert engine.manifest["int8"] == {"mode": "qdq", "policy": "default", "float_op_types": ["HardSwish", "Softmax"],
-                                       "float_node_names": [], "calibration": "calib-a"}
+                                       "float_node_names": [], "float_attention_bias_add": False,
+                                       "calibration": "calib-a"}
     report = read_layer_report(engine.layers_path)[REPORT_KEY]
     assert report["int8"] == {"int8_path": "qdq (explicit Q/DQ ONNX)", "int8_policy": "default",
                               "int8_calibration": "calib-a"}
@@ -412,6 +443,26 @@ def test_prequantized_onnx_needs_no_calibration(onnx_files: dict[str, Path], cac
     engine = cached_engine(FakeBuilder(), GivenOnnx.read(onnx_files["qdq"]), EngineOptions(precision="int8"), cache,
                            int8=int8_loader(calls=calls))
     assert calls == [] and engine.int8 is not None and engine.int8.policy == PREQUANTIZED_POLICY
+    assert engine.int8.calibration is None
+
+
+def test_prequantized_onnx_reports_the_policy_its_metadata_records(onnx_files: dict[str, Path], cache: Path) -> None:
+    from levit_trt.precision_policy import resolve_policy
+    from levit_trt.quantize import METADATA_KEY
+
+    policy = resolve_policy("activations", extra_nodes=["mul"])
+    model = onnx.load(str(onnx_files["qdq"]))
+    helper.set_model_props(model, {METADATA_KEY: json.dumps({"policy": policy.manifest(), "calibration": "calib-q"})})
+    onnx.save(model, str(onnx_files["qdq"]))
+    engine = cached_engine(FakeBuilder(), GivenOnnx.read(onnx_files["qdq"]), EngineOptions(precision="int8"), cache)
+    assert engine.manifest["int8"] == {"mode": "qdq", "policy": "activations",
+                                       "float_op_types": ["HardSigmoid", "HardSwish"], "float_node_names": ["mul"],
+                                       "float_attention_bias_add": False, "calibration": "calib-q"}
+    assert read_layer_report(engine.layers_path)[REPORT_KEY]["int8"]["int8_policy"] == "activations"
+    helper.set_model_props(model, {METADATA_KEY: json.dumps({"policy": policy.manifest()})})
+    onnx.save(model, str(onnx_files["qdq"]))
+    with pytest.raises(ValueError, match=r"qdq.onnx: its levit_trt.quantization metadata lacks calibration"):
+        cached_engine(FakeBuilder(), GivenOnnx.read(onnx_files["qdq"]), EngineOptions(precision="int8"), cache)
 
 
 def test_int8_without_calibration_inputs_is_an_error(onnx_files: dict[str, Path], cache: Path) -> None:
@@ -457,6 +508,18 @@ def test_calibrator_path_reuses_its_cache_until_model_or_data_change(onnx_files:
     assert len(entries(cache, CALIBRATION_KIND)) == 3
 
 
+def test_policy_keeps_the_plugin_softmax_float(onnx_files: dict[str, Path], cache: Path,
+                                              softmax_plugin_library: Path) -> None:
+    """On an ONNX whose Softmax is the plugin's, the real default policy still pins the softmax layer float."""
+    from levit_trt.precision_policy import POLICIES
+
+    plugin_onnx = GivenOnnx.read(with_softmax_plugin(onnx_files["fp32"], cache))
+    builder = FakeBuilder()
+    engine = cached_engine(builder, plugin_onnx, CALIBRATOR, cache, int8=int8_loader(policy=POLICIES["default"]))
+    assert builder.float_layers == [[1, 2]]  # HardSwish and the plugin softmax, as on the plugin-free graph
+    assert engine.manifest["int8"]["policy"] == "default" and engine.manifest["int8"]["float_attention_bias_add"]
+
+
 def test_calibrator_needs_one_full_batch(onnx_files: dict[str, Path], cache: Path) -> None:
     builder = FakeBuilder()
     with pytest.raises(ValueError, match="calib-a has 3 images, fewer than one calibration batch of 4"):
@@ -482,6 +545,26 @@ def test_calibration_batches_are_checked() -> None:
 
 # --- engine files and the CLI ------------------------------------------------------------------------------
 
+def test_engine_file_and_report_are_replaced_together_or_not_at_all(onnx_files: dict[str, Path], cache: Path,
+                                                                    tmp_path: Path) -> None:
+    old = cached_engine(FakeBuilder(), GivenOnnx.read(onnx_files["fp32"]), EngineOptions(), cache)
+    new = cached_engine(FakeBuilder(), GivenOnnx.read(onnx_files["fp32"]), EngineOptions(opt_level=1), cache)
+    target = tmp_path / "out" / "levit.engine"
+    report = write_engine_file(old, target)
+    before = (target.read_bytes(), report.read_bytes())
+    broken = dataclasses.replace(new, directory=tmp_path / "no-such-entry")  # its files cannot be copied
+    with pytest.raises(FileNotFoundError):
+        write_engine_file(broken, target)
+    assert (target.read_bytes(), report.read_bytes()) == before
+    # The second rename fails (a folder holds the report's name): the engine already renamed is put back.
+    report.unlink()
+    report.mkdir()
+    with pytest.raises(IsADirectoryError):
+        write_engine_file(new, target)
+    assert target.read_bytes() == before[0]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["levit.engine", "levit.engine.layers.json"]
+
+
 def test_engine_file_with_its_report_beside_it(onnx_files: dict[str, Path], cache: Path, tmp_path: Path) -> None:
     engine = cached_engine(FakeBuilder(), GivenOnnx.read(onnx_files["fp32"]), EngineOptions(), cache)
     target = tmp_path / "out" / "levit.engine"
@@ -504,6 +587,16 @@ def test_cli_build_rejects_bad_options(extra: list[str], message: str, onnx_file
     engine = tmp_path / "x.engine"
     assert main(["build", "--onnx", str(onnx_files["fp32"]), "--engine", str(engine), *extra]) == 2
     assert message in capsys.readouterr().err and not engine.exists()
+
+
+def test_cli_build_rejects_an_unknown_policy_before_anything_else(onnx_files: dict[str, Path], tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    engine = tmp_path / "x.engine"
+    assert main(["build", "--onnx", str(onnx_files["fp32"]), "--engine", str(engine), "--precision", "int8",
+                 "--policy", "turbo"]) == 2
+    assert ("EngineOptions.policy: unknown precision policy 'turbo'; valid policies: all-int8, activations, default"
+            in capsys.readouterr().err)
+    assert not engine.exists()
 
 
 def test_cli_build_rejects_an_unknown_precision(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -538,6 +631,20 @@ def test_cli_build_without_tensorrt_says_why(onnx_files: dict[str, Path], tmp_pa
 
 
 # --- the real INT8 inputs (calibration, policy, quantizer) through the orchestration ----------------------
+
+def test_calibration_set_of_another_variant_is_refused(tmp_path: Path) -> None:
+    from levit_trt.calibration import CalibrationError, write_calibration_set
+    from levit_trt.data import write_synthetic_imagenet
+    from levit_trt.engines import int8_inputs_loader
+    from levit_trt.variants import resolve_variant
+
+    root = write_synthetic_imagenet(tmp_path / "imagenet", num_classes=1, images_per_class=1, split="train")
+    write_calibration_set(root, "128S", 1, tmp_path / "calib", progress=False)
+    options = EngineOptions(precision="int8", calib_dir=tmp_path / "calib")
+    assert int8_inputs_loader(options, resolve_variant("128S"))().calibration.num_images == 1
+    with pytest.raises(CalibrationError, match="was made for LeViT-128S, not LeViT-128;"):
+        int8_inputs_loader(options, resolve_variant("128"))()
+
 
 def test_real_int8_inputs_reach_the_builder(tmp_path: Path, cache: Path) -> None:
     """levit_128s through int8_inputs_loader: real synthetic calibration, the default policy and the

@@ -218,10 +218,10 @@ def test_interrupted_quantization_leaves_no_file(fp32_onnx: Path, tiny_calibrati
 def test_bad_inputs_are_clear_errors(fp32_onnx: Path, quantized: dict, tiny_calibration: CalibrationSet,
                                      tmp_path: Path) -> None:
     out = tmp_path / "out.onnx"
-    with pytest.raises(QuantizationError, match="does not exist; write one with levit-trt export"):
+    with pytest.raises(FileNotFoundError, match=r"does not exist \(write one with levit-trt export\)"):
         quantize_onnx(tmp_path / "missing.onnx", out, tiny_calibration, POLICIES["default"])
     (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
-    with pytest.raises(QuantizationError, match="cannot read .*junk.onnx as ONNX"):
+    with pytest.raises(ValueError, match="junk.onnx is not a readable ONNX model"):
         quantize_onnx(tmp_path / "junk.onnx", out, tiny_calibration, POLICIES["default"])
     with pytest.raises(QuantizationError, match="already holds Q/DQ nodes"):
         quantize_onnx(quantized["default"][0], out, tiny_calibration, POLICIES["default"])
@@ -260,3 +260,19 @@ def test_cache_reuses_and_rekeys(fp32_onnx: Path, tiny_calibration: CalibrationS
                     qdq_manifest(fp32_onnx, tiny_calibration, POLICIES["all-int8"]),
                     qdq_manifest(fp32_onnx, tiny_calibration, resolve_policy("default", ["Gemm"]))):
         assert changed != manifest
+
+
+def test_cache_key_covers_external_weights(tiny_calibration: CalibrationSet, tmp_path: Path) -> None:
+    """A model whose weights live beside it: other weights, same graph file, are another Q/DQ model."""
+    weight = numpy_helper.from_array(np.ones((3, 3), np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", [INPUT_NAME, "w"], [OUTPUT_NAME], name="mm")], "tiny",
+        [onnx.helper.make_tensor_value_info(INPUT_NAME, onnx.TensorProto.FLOAT, ["n", 3])],
+        [onnx.helper.make_tensor_value_info(OUTPUT_NAME, onnx.TensorProto.FLOAT, ["n", 3])], [weight])
+    path = tmp_path / "tiny.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(path), save_as_external_data=True, location="tiny.weights",
+              size_threshold=0)
+    before = qdq_manifest(path, tiny_calibration, POLICIES["default"])
+    weights = tmp_path / "tiny.weights"
+    weights.write_bytes(weights.read_bytes()[::-1])
+    assert qdq_manifest(path, tiny_calibration, POLICIES["default"])["fp32_onnx_sha256"] != before["fp32_onnx_sha256"]

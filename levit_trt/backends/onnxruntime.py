@@ -18,7 +18,9 @@ import torch
 from levit_trt.backends.base import Availability, Backend, BackendUnavailable, ModelSource
 from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
 from levit_trt.engine_options import Int8Source
+from levit_trt.engines import load_int8_inputs
 from levit_trt.export import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
+from levit_trt.precision_policy import DEFAULT_POLICY
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -29,13 +31,6 @@ def _import_onnxruntime() -> ModuleType:
     except ImportError as error:
         raise BackendUnavailable(f"onnxruntime is not installed ({error}); pip install onnxruntime") from error
     return onnxruntime
-
-
-def onnxruntime_version() -> str | None:
-    try:
-        return _import_onnxruntime().__version__
-    except BackendUnavailable:
-        return None
 
 
 class OnnxRuntimeBackend(Backend):
@@ -53,7 +48,7 @@ class OnnxRuntimeBackend(Backend):
         device: str = "cpu",
         onnx_path: Path | None = None,
         *,
-        policy: str = "default",
+        policy: str = DEFAULT_POLICY,
         float_op_types: Sequence[str] = (),
         float_nodes: Sequence[str] = (),
         calib_dir: Path | None = None,
@@ -64,7 +59,7 @@ class OnnxRuntimeBackend(Backend):
         started = time.perf_counter()
         self.int8: Int8Source | None = None
         self.calibration = ""  # what the INT8 scales were measured on
-        if precision != "int8" and (policy != "default" or float_op_types or float_nodes or calib_dir is not None):
+        if precision != "int8" and (policy != DEFAULT_POLICY or float_op_types or float_nodes or calib_dir is not None):
             raise ValueError(f"policy, float_op_types, float_nodes and calib_dir choose how INT8 is made; "
                              f"they do nothing for precision {precision}")
         if precision == "int8":
@@ -125,14 +120,9 @@ def _qdq_onnx(
     calib_dir: Path | None,
     calib_images: int,
 ) -> tuple[Path, Int8Source, str]:
-    """The cached Q/DQ ONNX of `source` and where its scales came from."""
-    from levit_trt.calibration import load_calibration_set, synthetic_calibration_set
-    from levit_trt.precision_policy import resolve_policy
-    from levit_trt.quantize import cached_qdq_onnx
-
-    policy = resolve_policy(policy_name, float_op_types, float_nodes)
-    calibration = (load_calibration_set(calib_dir, source.variant) if calib_dir is not None
-                   else synthetic_calibration_set(source.variant, calib_images))
-    path = cached_qdq_onnx(source.onnx_path(), calibration, policy, source.cache_dir)
-    source_int8 = Int8Source("qdq", policy.name, policy.float_op_types, policy.float_node_names, calibration.identity)
-    return path, source_int8, calibration.description
+    """The cached Q/DQ ONNX of `source` (the one TensorRT's Q/DQ path builds from the same inputs) and where
+    its scales came from."""
+    inputs = load_int8_inputs(policy_name, float_op_types, float_nodes, calib_dir=calib_dir, variant=source.variant,
+                              calib_images=calib_images)
+    path = inputs.quantize(source.onnx_path(), inputs.calibration, inputs.policy, source.cache_dir)
+    return path, inputs.source("qdq"), inputs.calibration.description
