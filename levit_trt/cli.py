@@ -148,6 +148,20 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_compare)
 
 
+def _add_policy_args(parser: argparse.ArgumentParser) -> None:
+    """The INT8 precision-policy arguments, spelled the same in build and quantize."""
+    from levit_trt.precision_policy import DEFAULT_POLICY, POLICIES
+
+    parser.add_argument("--policy", default=DEFAULT_POLICY,
+                        help="which layers INT8 keeps float: "
+                             + "; ".join(f"{name}: {policy.description}" for name, policy in POLICIES.items())
+                             + " (default: %(default)r)")
+    parser.add_argument("--float-op-types", nargs="+", action="extend", default=[], metavar="OP",
+                        help="more ONNX op types to keep float")
+    parser.add_argument("--float-nodes", nargs="+", action="extend", default=[], metavar="NODE",
+                        help="more node names to keep float")
+
+
 def _build(args: argparse.Namespace) -> int:
     from levit_trt.backends.tensorrt import build_engine_file
     from levit_trt.engine_options import EngineOptions
@@ -155,8 +169,8 @@ def _build(args: argparse.Namespace) -> int:
     options = EngineOptions(
         precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
         tf32=args.tf32, opt_level=args.opt_level, workspace_mib=args.workspace_mib, timing_cache=args.timing_cache,
-        int8_mode=args.int8_mode, policy=args.policy, float_op_types=tuple(args.float_op_type),
-        float_nodes=tuple(args.float_node), calib_dir=args.calib)
+        int8_mode=args.int8_mode, policy=args.policy, float_op_types=tuple(args.float_op_types),
+        float_nodes=tuple(args.float_nodes), calib_dir=args.calib)
     engine = build_engine_file(args.onnx, args.engine, options, plugin_libraries=args.plugins, cache_dir=args.cache_dir)
     print(f"wrote {args.engine} and its layer report (engine cache key {engine.key}; layers by precision: "
           f"{engine.precision_summary()})")
@@ -181,9 +195,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 layers (off by default)")
     parser.add_argument("--int8-mode", choices=INT8_MODES, default="qdq",
                         help="qdq: explicit Q/DQ ONNX (TensorRT 10 and 11); calibrator: TensorRT 10 implicit calibration")
-    parser.add_argument("--policy", default="default", help="precision policy: which nodes INT8 keeps float")
-    parser.add_argument("--float-op-type", action="append", default=[], help="also keep this op type float (repeat)")
-    parser.add_argument("--float-node", action="append", default=[], help="also keep this node float (repeat)")
+    _add_policy_args(parser)
     parser.add_argument("--calib", type=Path, default=None, help="calibration data from levit-trt calibrate (INT8)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="artifact cache (default: LEVIT_TRT_CACHE or ~/.cache/levit_trt)")
     parser.set_defaults(handler=_build)
@@ -224,16 +236,11 @@ def _quantize(args: argparse.Namespace) -> int:
 
 
 def _add_quantize(sub: argparse._SubParsersAction) -> None:
-    from levit_trt.precision_policy import DEFAULT_POLICY, POLICIES
-
     parser = sub.add_parser("quantize", help="fp32 ONNX -> Q/DQ INT8 ONNX (for TensorRT and ONNX Runtime)")
     parser.add_argument("--onnx", type=Path, required=True, help="fp32 ONNX from levit-trt export")
     parser.add_argument("--calib", type=Path, required=True, help="calibration set from levit-trt calibrate")
     parser.add_argument("--out", type=Path, required=True, help="Q/DQ ONNX file to write")
-    parser.add_argument("--policy", default=DEFAULT_POLICY,
-                        help=f"which layers stay float: {'; '.join(f'{n}: {p.description}' for n, p in POLICIES.items())}")
-    parser.add_argument("--float-op-types", nargs="+", default=(), metavar="OP", help="more ONNX op types to keep float")
-    parser.add_argument("--float-nodes", nargs="+", default=(), metavar="NODE", help="more node names to keep float")
+    _add_policy_args(parser)
     parser.add_argument("--batch-size", type=int, default=16, help="calibration batch size")
     parser.set_defaults(handler=_quantize)
 

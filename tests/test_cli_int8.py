@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from levit_trt.backends.base import ModelSource
-from levit_trt.cli import main
+from levit_trt.cli import build_parser, main
 from levit_trt.data import write_synthetic_imagenet
 from levit_trt.quantize import int8_nodes, read_quantization_metadata
 
@@ -71,3 +71,15 @@ def test_bad_input_is_a_clear_error(argv: list[str], message: str, fp32_onnx: Pa
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["calib"]
+
+
+def test_build_and_quantize_spell_the_policy_options_alike(capsys) -> None:
+    tail = ["--policy", "activations", "--float-op-types", "Gemm", "MatMul", "--float-nodes", "a", "--float-nodes", "b"]
+    build = build_parser().parse_args(["build", "--onnx", "m.onnx", "--engine", "m.engine", *tail])
+    quantize = build_parser().parse_args(["quantize", "--onnx", "m.onnx", "--calib", "c", "--out", "q.onnx", *tail])
+    for args in (build, quantize):
+        assert (args.policy, args.float_op_types, args.float_nodes) == ("activations", ["Gemm", "MatMul"], ["a", "b"])
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    listed = "".join(capsys.readouterr().out.split())  # help text wraps lines, at hyphens too
+    assert all(f"{name}:" in listed for name in ("all-int8", "activations", "default"))
