@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from levit_trt.backends.base import PRECISIONS, Backend, BackendUnavailable, ModelSource
+from levit_trt.backends.base import PRECISIONS, Backend, BackendUnavailable, ModelSource, set_tf32
 from levit_trt.backends.registry import BACKENDS
 from levit_trt.cache import ensure_cache_dir
 from levit_trt.matrix import Case, benchmark_rounds, selected_cases, selected_device
@@ -52,10 +51,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def fp32_math(pytestconfig: pytest.Config) -> None:
-    """PyTorch lets cuDNN convolutions use TF32 by default; fp32 results here are IEEE fp32 unless --tf32."""
-    tf32 = bool(pytestconfig.getoption("--tf32"))
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    """fp32 is IEEE fp32 in every backend unless --tf32 (levit_trt.backends.base.set_tf32)."""
+    set_tf32(bool(pytestconfig.getoption("--tf32")))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -70,7 +70,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _eval(args: argparse.Namespace) -> int:
     from levit_trt.accuracy import append_results, evaluate
-    from levit_trt.backends.base import ModelSource
+    from levit_trt.backends.base import ModelSource, set_tf32
     from levit_trt.backends.registry import create_backend
     from levit_trt.cache import ensure_cache_dir
     from levit_trt.data import LoaderOptions, imagenet_loader
@@ -81,7 +81,9 @@ def _eval(args: argparse.Namespace) -> int:
     variant = resolve_variant(args.variant)
     weights = parse_weights(args.weights)
     loader = imagenet_loader(args.data_path, variant, LoaderOptions(
-        batch_size=args.batch_size, workers=args.workers, limit=args.limit, split=args.split))
+        batch_size=args.batch_size, workers=args.workers, limit=args.limit, split=args.split,
+        classes=args.classes or None))
+    set_tf32(args.tf32)
     source = ModelSource(variant, weights, ensure_cache_dir(args.cache_dir))
     backend = create_backend(args.backend, source, args.precision, args.device)
     result = evaluate(backend, loader, variant=variant, weights=weights.describe(),
@@ -105,17 +107,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: CPU cores - 1)")
     parser.add_argument("--limit", type=int, default=None, help="seeded class-balanced subset of N images")
+    parser.add_argument("--classes", type=int, default=1000,
+                        help="class folders the split must hold (default 1000: labels are folder positions, so a "
+                             "missing one would shift the rest; 0 accepts any number)")
+    parser.add_argument("--tf32", action="store_true", help="let fp32 on the GPU use TF32 (default: strict fp32)")
     parser.add_argument("--out", type=Path, default=None, help="accuracy JSON to append the result to")
     parser.set_defaults(handler=_eval)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from levit_trt.report import latency_rows, report_markdown, save_plot
+    from levit_trt.report import DEFAULT_BASELINE, latency_rows, report_markdown, save_plot
     from levit_trt.runs import load_run, load_top1
 
     run = load_run(args.run)
     top1 = load_top1(args.accuracy) if args.accuracy else None
-    print(report_markdown(run, top1, args.baseline), end="")
+    print(report_markdown(run, top1, args.baseline or DEFAULT_BASELINE), end="")
     if args.plot:
         print(f"\nwrote {save_plot(latency_rows(run), args.plot)}")
     return 0
@@ -125,7 +131,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("report", help="Markdown latency tables (and a PNG plot) from a saved benchmark run")
     parser.add_argument("run", type=Path, help="pytest-benchmark JSON (pytest benchmarks --benchmark-json RUN.json)")
     parser.add_argument("--accuracy", type=Path, default=None, help="accuracy JSON (levit-trt eval --out) for top-1")
-    parser.add_argument("--baseline", default="torch-fp32",
+    parser.add_argument("--baseline", default=None,
                         help="BACKEND-PRECISION the speed-ups are against, e.g. torch-cudagraph-fp16 (default torch-fp32)")
     parser.add_argument("--plot", type=Path, default=None, help="also write latency against batch as this PNG")
     parser.set_defaults(handler=_report)

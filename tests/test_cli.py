@@ -32,8 +32,8 @@ def test_eval_on_an_imagenet_layout_tree(tmp_path: Path, capsys) -> None:
     (root / "val" / "n00000001" / "broken.JPEG").write_bytes(b"not a jpeg")
     results = tmp_path / "acc.json"
     code = main(["eval", "--variant", "128S", "--weights", "random", "--data-path", str(root), "--limit", "7",
-                 "--batch-size", "4", "--workers", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "c"),
-                 "--out", str(results)])
+                 "--classes", "3", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                 "--cache-dir", str(tmp_path / "c"), "--out", str(results)])
     assert code == 0
     (result,) = json.loads(results.read_text())["results"]
     assert result["images"] == 6 and result["unreadable"] == 1
@@ -56,10 +56,17 @@ def test_bad_input_is_a_clear_error(argv: list[str], message: str, capsys, tmp_p
     assert message in capsys.readouterr().err
 
 
+def test_eval_refuses_a_tree_missing_class_folders(tmp_path: Path, capsys) -> None:
+    root = write_synthetic_imagenet(tmp_path / "imagenet", num_classes=3, images_per_class=1)
+    assert main(["eval", "--weights", "random", "--data-path", str(root), "--limit", "3", "--workers", "0",
+                 "--device", "cpu", "--cache-dir", str(tmp_path / "c")]) == 2
+    assert "has 3 class folders, expected 1000" in capsys.readouterr().err
+
+
 def test_unknown_backend_and_precision_are_errors(tmp_path: Path, capsys) -> None:
     root = write_synthetic_imagenet(tmp_path / "imagenet", num_classes=1, images_per_class=1)
-    base = ["eval", "--weights", "random", "--data-path", str(root), "--limit", "1", "--workers", "0",
-            "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
+    base = ["eval", "--weights", "random", "--data-path", str(root), "--limit", "1", "--classes", "0",
+            "--workers", "0", "--device", "cpu", "--cache-dir", str(tmp_path / "c")]
     assert main([*base, "--backend", "trt"]) == 2
     assert "unknown backend 'trt'" in capsys.readouterr().err
     assert main([*base, "--precision", "fp16"]) == 2

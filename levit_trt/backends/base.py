@@ -19,6 +19,16 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def set_tf32(enabled: bool) -> None:
+    """Whether fp32 matmuls and cuDNN convolutions may use TF32 on the GPU.
+
+    PyTorch lets cuDNN convolutions use TF32 by default; the suites and `levit-trt eval` turn it off
+    unless asked, so that fp32 means fp32 in every backend, as in TensorRT's fp32 engines.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 class BackendUnavailable(RuntimeError):
     """The backend cannot run on this machine (a missing library or device); tests skip on it."""
 
