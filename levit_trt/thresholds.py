@@ -69,8 +69,8 @@ class AgreementFloor:
 #   fp16  prepared model cast to fp16 in PyTorch on the CPU: agreement 0.98-1.0, cosine 0.9993-0.9999.
 #   bf16  the same in bf16: agreement 0.86-0.92, cosine 0.992-0.997.
 #   int8  ONNX Runtime static Q/DQ (symmetric, per-channel weights, synthetic calibration), seeds 0-1:
-#         agreement 0.34-0.48, cosine 0.87-0.93; the onnxruntime int8 backend of the `quantize`
-#         branch (default policy), seeds 0-2: agreement 0.41-0.42, cosine 0.93-0.95.
+#         agreement 0.34-0.48, cosine 0.87-0.93; the onnxruntime int8 backend (default policy, 64
+#         synthetic calibration images), seeds 0-2: agreement 0.41-0.42, cosine 0.93-0.95.
 # Random weights amplify rounding (fp32 and float64 differ by up to 1e-3 on logits of std 0.3, and
 # the closest top-1/top-2 margins are 4e-4 to 1e-3), so the floors sit below those numbers;
 # pretrained weights agree far better. A broken backend (logits of other images, or the mean
@@ -79,7 +79,7 @@ AGREEMENT_FLOORS: dict[str, AgreementFloor] = {
     "fp32": AgreementFloor(top1=0.95, cosine=0.9999),  # 0.95: near-ties (margins ~1e-3) may flip
     "fp16": AgreementFloor(top1=0.85, cosine=0.99),  # TensorRT fp16 may keep more in fp16 than PyTorch
     "bf16": AgreementFloor(top1=0.75, cosine=0.98),
-    "int8": AgreementFloor(top1=0.25, cosine=0.8),
+    "int8": AgreementFloor(top1=0.33, cosine=0.9),  # the default policy measured 0.41-0.42 / 0.93-0.95
 }
 
 
