@@ -170,17 +170,11 @@ def append_results(path: Path, results: Iterable[AccuracyResult], machine: dict[
     Locked, so parallel test workers appending to one file lose nothing; written atomically.
     """
     from levit_trt.cache import atomic_output, file_lock
+    from levit_trt.runs import load_accuracy_document
 
     path = Path(path)
     with file_lock(path.with_name(f".{path.name}.lock")):
-        document: dict[str, Any] = {"machine": machine, "results": []}
-        if path.exists():
-            try:
-                document = json.loads(path.read_text())
-            except ValueError as error:
-                raise ValueError(f"{path} is not a levit_trt accuracy file (not JSON: {error})") from error
-            if not isinstance(document, dict) or not isinstance(document.get("results"), list):
-                raise ValueError(f"{path} is not a levit_trt accuracy file (no 'results' list)")
+        document = load_accuracy_document(path) if path.exists() else {"machine": machine, "results": []}
         document["results"].extend(r.to_json() for r in results)
         with atomic_output(path) as tmp:
             tmp.write_text(json.dumps(document, indent=2))

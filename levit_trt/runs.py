@@ -96,18 +96,23 @@ def load_run(path: Path | str) -> Run:
                document.get("commit_info") or {}, tuple(cases))
 
 
-def load_top1(path: Path | str) -> dict[tuple[str, str, str], float]:
-    """Top-1 (%) by (variant name, backend, precision) from an accuracy file written by
-    `levit_trt.accuracy.append_results`; a later result for the same key replaces an earlier one."""
+def load_accuracy_document(path: Path | str) -> dict[str, Any]:
+    """An accuracy file (`{"machine": ..., "results": [...]}`) as written by
+    `levit_trt.accuracy.append_results`; RunFileError naming the file if it is not one."""
     path = Path(path)
     document = _read_json(path, "levit_trt accuracy file")
-    results = document.get("results") if isinstance(document, dict) else None
-    if not isinstance(results, list):
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
         hint = " It looks like a pytest-benchmark run." if isinstance(document, dict) and "benchmarks" in document else ""
         raise RunFileError(f"{path} is not a levit_trt accuracy file (no 'results' list).{hint} "
                            "Write one with `levit-trt eval ... --out ACC.json` or `pytest accuracy --accuracy-json`.")
+    return document
+
+
+def load_top1(path: Path | str) -> dict[tuple[str, str, str], float]:
+    """Top-1 (%) by (variant name, backend, precision) from an accuracy file; a later result for the
+    same key replaces an earlier one."""
     top1 = {}
-    for index, result in enumerate(results):
+    for index, result in enumerate(load_accuracy_document(path)["results"]):
         try:
             key = (resolve_variant(result["variant"]).name, str(result["backend"]), str(result["precision"]))
             top1[key] = float(result["top1"])
