@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,9 +43,9 @@ from levit_trt.engine_report import (
     read_layer_report,
     write_layer_report,
 )
+from levit_trt.export import QDQ_OP_TYPES, load_onnx, onnx_content_sha256
 from levit_trt.plugins import TRT_PLUGIN_LIBRARY_NAME, library_sha256, softmax_plugin_identity, trt_plugin_library
 from levit_trt.precision_policy import DEFAULT_POLICY
-from levit_trt.weights import file_sha256
 
 if TYPE_CHECKING:
     import onnx
@@ -65,7 +64,6 @@ CALIBRATION_CACHE_FILENAME = "calibration.cache"
 PLUGIN_ONNX_FILENAME = "model.onnx"
 # Int8Source.policy of an engine parsed from a Q/DQ ONNX without levit-trt quantize's metadata.
 PREQUANTIZED_POLICY = "prequantized"
-QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
 
 QuantizeFn = Callable[[Path, "CalibrationSet", "PrecisionPolicy", Path], Path]
 
@@ -130,38 +128,6 @@ def int8_inputs_loader(options: EngineOptions, variant: Variant | None) -> Calla
     """
     return functools.partial(load_int8_inputs, options.policy, options.float_op_types, options.float_nodes,
                              calib_dir=options.calib_dir, variant=variant, calib_images=options.calib_images)
-
-
-def load_onnx(path: Path) -> onnx.ModelProto:
-    """The ONNX graph at `path` (weights left on disk); ValueError naming the file when it is missing or unreadable."""
-    import onnx
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"ONNX file {path} does not exist (write one with levit-trt export)")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf raises its own DecodeError; onnx raises several kinds
-        raise ValueError(f"{path} is not a readable ONNX model ({type(error).__name__}: {error})") from error
-
-
-def onnx_content_sha256(path: Path, model: onnx.ModelProto | None = None) -> str:
-    """sha256 of an ONNX file and of the external-data files its initializers point to, if any.
-
-    `model` is the graph of `path` where the caller has read it already.
-    """
-    if model is None:
-        model = load_onnx(path)
-    locations = sorted({entry.value for tensor in model.graph.initializer for entry in tensor.external_data
-                        if entry.key == "location"})
-    if not locations:
-        return file_sha256(path)
-    digest = hashlib.sha256(file_sha256(path).encode())
-    for location in locations:
-        external = Path(path).parent / location
-        if not external.is_file():
-            raise FileNotFoundError(f"{path} keeps weights in {location}, which is not beside it")
-        digest.update(f"{location}:{file_sha256(external)}".encode())
-    return digest.hexdigest()
 
 
 def onnx_form(model: onnx.ModelProto) -> OnnxForm:

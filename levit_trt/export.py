@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import nn
 
 from levit_trt.cache import cached_build
 from levit_trt.variants import Variant
-from levit_trt.weights import WeightsSpec
+from levit_trt.weights import WeightsSpec, file_sha256
+
+if TYPE_CHECKING:
+    import onnx
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -21,6 +25,7 @@ NUM_CLASSES = 1000
 ONNX_FILENAME = "model.onnx"
 # Bump when export code changes in a way that changes the produced graph.
 EXPORT_RECIPE_VERSION = 1
+QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
 
 Exporter = Literal["dynamo", "torchscript"]
 OnnxPrecision = Literal["fp32", "fp16"]
@@ -104,6 +109,38 @@ def check_onnx(path: Path, expect_plugin: bool = False) -> None:
             raise OnnxCheckError(f"{path}: {name} has no dynamic batch dimension")
         if tail is not None and [d.dim_value for d in dims[1:]] != tail:
             raise OnnxCheckError(f"{path}: {name} has shape [N, {dims[1:]}], expected [N, {tail}]")
+
+
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """The ONNX graph at `path` (weights left on disk); ValueError naming the file when it is missing or unreadable."""
+    import onnx
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ONNX file {path} does not exist (write one with levit-trt export)")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf raises its own DecodeError; onnx raises several kinds
+        raise ValueError(f"{path} is not a readable ONNX model ({type(error).__name__}: {error})") from error
+
+
+def onnx_content_sha256(path: Path, model: onnx.ModelProto | None = None) -> str:
+    """sha256 of an ONNX file and of the external-data files its initializers point to, if any.
+
+    `model` is the graph of `path` where the caller has read it already.
+    """
+    if model is None:
+        model = load_onnx(path)
+    locations = sorted({entry.value for tensor in model.graph.initializer for entry in tensor.external_data
+                        if entry.key == "location"})
+    if not locations:
+        return file_sha256(path)
+    digest = hashlib.sha256(file_sha256(path).encode())
+    for location in locations:
+        external = Path(path).parent / location
+        if not external.is_file():
+            raise FileNotFoundError(f"{path} keeps weights in {location}, which is not beside it")
+        digest.update(f"{location}:{file_sha256(external)}".encode())
+    return digest.hexdigest()
 
 
 def onnx_manifest(variant: Variant, weights: WeightsSpec, options: ExportOptions) -> dict[str, object]:

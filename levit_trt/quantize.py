@@ -48,8 +48,7 @@ import onnx
 
 from levit_trt.cache import atomic_output, cached_build
 from levit_trt.calibration import CalibrationSet
-from levit_trt.engines import QDQ_OP_TYPES, load_onnx, onnx_content_sha256
-from levit_trt.export import INPUT_NAME, check_onnx
+from levit_trt.export import INPUT_NAME, QDQ_OP_TYPES, check_onnx, load_onnx, onnx_content_sha256
 from levit_trt.precision_policy import QUANTIZED_OP_TYPES, PrecisionPolicy, quantizable_nodes
 
 QDQ_ONNX_FILENAME = "model.qdq.onnx"
@@ -140,7 +139,7 @@ class _CalibrationReader:
 
 
 def _load_fp32(path: Path, calibration: CalibrationSet) -> onnx.ModelProto:
-    """The graph of `path` (`engines.load_onnx`), checked to be an fp32 export that `calibration` fits."""
+    """The graph of `path` (`export.load_onnx`), checked to be an fp32 export that `calibration` fits."""
     model = load_onnx(path)
     if any(node.op_type in QDQ_OP_TYPES for node in model.graph.node):
         raise QuantizationError(f"{path} already holds Q/DQ nodes; quantize the fp32 ONNX from levit-trt export")
