@@ -6,6 +6,8 @@ check draws fresh random inputs, and outputs are poisoned with NaN before the op
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -174,6 +176,53 @@ def test_tuned_launch_shapes_compute_the_same(softmax_op, generator, rows_per_gr
     torch.ops.levit_trt.softmax_tuned(x, out, rows_per_group, warps, lanes)
     assert torch.isfinite(out).all()
     assert relative_error(out, x) <= TOLERANCE[torch.float16]
+
+
+STAGED = 2  # SoftmaxPath::kStaged (plugins/softmax/softmax_launch.h)
+
+
+def staged_tile_bytes(cols: int, dtype: torch.dtype, lanes: int, rows_per_group: int, warps: int) -> int:
+    """Shared memory of one staged tile: each group's rows, rounded up to whole 16-byte chunks."""
+    row_bytes = cols * torch.empty((), dtype=dtype).element_size()
+    align = 16 // math.gcd(row_bytes, 16)
+    return -(-(warps * 32 // lanes) * rows_per_group // align) * align * row_bytes
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rows_per_group", [1, 4])
+@pytest.mark.parametrize("warps", [1, 4])
+@pytest.mark.parametrize("lanes", [1, 8, 32])
+@pytest.mark.parametrize("cols", [1, 16, 17, 49, 196, 1000])
+def test_staged_path_computes_the_same(softmax_op, generator, cols, lanes, warps, rows_per_group, dtype):
+    # 37 rows: tiles end part-way, and 37 odd rows are not a whole number of 16-byte chunks, so the
+    # element-wise tail copies run too.
+    x = random_input((37, cols), dtype, generator)
+    out = poisoned_like(x)
+    max_values_per_lane = 32 if lanes == 32 else 49
+    if cols > lanes * max_values_per_lane or staged_tile_bytes(cols, dtype, lanes, rows_per_group, warps) > 48 * 1024:
+        with pytest.raises(RuntimeError, match="kernel launch failed"):
+            torch.ops.levit_trt.softmax_tuned(x, out, rows_per_group, warps, lanes, STAGED)
+        return
+    torch.ops.levit_trt.softmax_tuned(x, out, rows_per_group, warps, lanes, STAGED)
+    assert torch.isfinite(out).all(), "some outputs were not written (NaN poison left)"
+    error = relative_error(out, x)
+    assert error <= TOLERANCE[dtype], f"relative error {error:.3g} (seed {generator.initial_seed()})"
+
+
+def test_staged_path_refuses_misaligned_tensors(softmax_op, generator):
+    x = random_input((8 * 49 + 1,), torch.float16, generator)[1:].view(8, 49)
+    with pytest.raises(RuntimeError, match="kernel launch failed"):
+        torch.ops.levit_trt.softmax_tuned(x, torch.empty_like(x), 0, 0, 0, STAGED)
+
+
+@pytest.mark.parametrize("grid_blocks", [1, 3])
+def test_capped_grid_covers_every_row(softmax_op, generator, grid_blocks):
+    for cols, path in ((49, STAGED), (196, 1), (1025, 1)):
+        x = random_input((300, cols), torch.float16, generator)
+        out = poisoned_like(x)
+        torch.ops.levit_trt.softmax_tuned(x, out, 0, 0, 0, path, grid_blocks)
+        assert torch.isfinite(out).all(), f"cols {cols}: rows beyond the grid were not written"
+        assert relative_error(out, x) <= TOLERANCE[torch.float16]
 
 
 def test_meta_kernel_gives_shape_and_dtype_without_running(softmax_op):

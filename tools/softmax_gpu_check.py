@@ -55,8 +55,44 @@ REFERENCE_SHAPES: tuple[tuple[tuple[int, ...], torch.dtype, float], ...] = (
     ((16, 12, 49, 49), torch.float16, 3.1),
     ((16, 6, 196, 196), torch.float32, 13.1),
 )
-# (lanes per row, rows per thread group, warps per block); 0 lanes = the dispatcher's choice
-SWEEP_CONFIGS = tuple(itertools.product((0, 8, 16, 32), (1, 2), (4, 8)))
+PATHS = {"auto": 0, "registers": 1, "staged": 2}  # SoftmaxPath in plugins/softmax/softmax_launch.h
+STAGED_MAX_COLS = 1024
+SWEEP_SHAPES: tuple[tuple[tuple[int, ...], torch.dtype], ...] = (
+    *((shape, dtype) for shape, dtype, _ in REFERENCE_SHAPES),
+    ((64, 9, 49, 49), torch.float16), ((64, 5, 49, 49), torch.float16), ((64, 12, 16, 49), torch.float16),
+    ((1, 6, 49, 49), torch.float16), ((64, 8, 16, 16), torch.float16), ((64, 9, 49, 49), torch.float32),
+    ((64, 5, 49, 49), torch.float32), ((1, 6, 49, 49), torch.float32), ((64, 16, 16, 49), torch.float32),
+    ((8, 5, 49, 49), torch.float32),
+)
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Arguments of levit_trt::softmax_tuned after (x, out); 0 = the dispatcher's choice."""
+
+    path: str
+    lanes: int = 0
+    rows_per_group: int = 0
+    warps: int = 0
+    grid_blocks: int = 0
+
+    @property
+    def key(self) -> str:
+        grid = f"g{self.grid_blocks}" if self.grid_blocks else ""
+        return f"{self.path[0]}-l{self.lanes}r{self.rows_per_group}w{self.warps}{grid}"
+
+    def bind(self, x: torch.Tensor, out: torch.Tensor):
+        return partial(torch.ops.levit_trt.softmax_tuned, x, out, self.rows_per_group, self.warps, self.lanes,
+                       PATHS[self.path], self.grid_blocks)
+
+
+def sweep_configs(sms: int) -> list[LaunchConfig]:
+    registers = [LaunchConfig("registers", lanes, rows, warps)
+                 for lanes, rows, warps in itertools.product((0, 8, 16, 32), (1, 2), (4, 8))]
+    capped = [LaunchConfig("registers", grid_blocks=sms * per_sm) for per_sm in (4, 8, 16, 32)]
+    staged = [LaunchConfig("staged", lanes, rows, warps)
+              for lanes, rows, warps in itertools.product((0, 1, 2, 4, 8, 16, 32), (1, 2, 4), (2, 4, 8))]
+    return [LaunchConfig("auto"), *registers, *capped, *staged]
 
 
 def levit_attention_shapes(batch: int) -> list[tuple[str, tuple[int, int, int, int]]]:
@@ -98,10 +134,14 @@ class CorrectnessResult:
 
 
 def check_correctness(op) -> list[CorrectnessResult]:
+    """The default dispatch, and the staged path forced, at every row length it takes."""
+    kernels = {"auto": op, "staged": lambda x, out: LaunchConfig("staged").bind(x, out)()}
     results = []
-    for cols, dtype, leading, kind in itertools.product(
-        ROW_LENGTHS, (torch.float32, torch.float16), ((37,), (4, 9)), ("randn*3", "large")
+    for cols, dtype, leading, kind, kernel in itertools.product(
+        ROW_LENGTHS, (torch.float32, torch.float16), ((37,), (4, 9)), ("randn*3", "large"), kernels
     ):
+        if kernel == "staged" and cols > STAGED_MAX_COLS:
+            continue
         shape = (*leading, cols)
         if kind == "randn*3":
             x = (torch.randn(shape, device="cuda") * 3).to(dtype)
@@ -110,11 +150,11 @@ def check_correctness(op) -> list[CorrectnessResult]:
         else:
             x = ((torch.rand(shape, device="cuda") * 2 - 1) * 6e4).to(dtype)
         out = torch.full_like(x, float("nan"))
-        op(x, out=out)
+        kernels[kernel](x, out=out)
         torch.cuda.synchronize()
         written = bool(torch.isfinite(out).all())
         error = relative_error(out, x)
-        results.append(CorrectnessResult(shape, str(dtype), kind, error, written,
+        results.append(CorrectnessResult(shape, str(dtype), f"{kind} {kernel}", error, written,
                                          written and error <= TOLERANCE[dtype]))
     return results
 
@@ -181,35 +221,42 @@ def measure(label, shape, dtype, op, copy_gbs, args, inputs="hot", issue_us=None
                        issue_us, (torch_t["p10_us"], torch_t["p90_us"]), (plugin_t["p10_us"], plugin_t["p90_us"]))
 
 
-def vectors_per_row(cols: int, dtype: torch.dtype) -> int:
-    """Vectors of the widest width (at most 16 bytes) dividing the row, as the kernel's dispatcher picks."""
-    width = 16 // torch.empty((), dtype=dtype).element_size()
-    while width > 1 and cols % width:
-        width //= 2
-    return cols // width
-
-
 def tuning_sweep(args) -> list[dict[str, object]]:
-    """Median µs of each launch shape of the register path, at the reference shapes (hot)."""
+    """Median µs of every launch configuration (and of torch.softmax) at the sweep shapes (hot).
+
+    Each configuration is checked against float64 before it is timed; configurations the kernel
+    refuses (lanes that cannot cover the row, a staged tile over the shared-memory limit) are left out.
+    """
     rows = []
-    shapes = [(s, d) for s, d, _ in REFERENCE_SHAPES] + [
-        ((64, 8, 16, 16), torch.float16), ((64, 16, 16, 49), torch.float16), ((64, 9, 49, 49), torch.float16),
-        ((64, 9, 49, 49), torch.float32), ((64, 6, 196, 196), torch.float16)]
-    for shape, dtype in shapes:
+    configs = sweep_configs(torch.cuda.get_device_properties(0).multi_processor_count)
+    for shape, dtype in SWEEP_SHAPES:
         x = torch.randn(shape, device="cuda").to(dtype)
         out = torch.empty_like(x)
-        row: dict[str, object] = {"shape": shape, "dtype": str(dtype).replace("torch.", "")}
-        for lanes, rows_per_group, warps in SWEEP_CONFIGS:
-            if lanes and lanes < 32 and vectors_per_row(shape[-1], dtype) > 4 * lanes:
-                continue  # narrow groups hold at most 4 vectors a lane: these lanes cannot cover the row
-
-            tuned = partial(torch.ops.levit_trt.softmax_tuned, x, out, rows_per_group, warps, lanes)
-
-            row[f"l{lanes}r{rows_per_group}w{warps}"] = time_per_call_us(tuned, args.rounds, args.calls)["median_us"]
-        row["default_out"] = time_per_call_us(partial(torch.ops.levit_trt.softmax, x, out=out), args.rounds,
-                                              args.calls)["median_us"]
+        row: dict[str, object] = {"shape": shape, "dtype": str(dtype).replace("torch.", ""),
+                                  "torch": time_per_call_us(partial(torch.softmax, x, -1), args.rounds,
+                                                            args.calls)["median_us"]}
+        for config in configs:
+            tuned = config.bind(x, out)
+            out.fill_(float("nan"))
+            try:
+                tuned()
+            except RuntimeError:
+                continue  # a launch shape this row cannot take
+            error = relative_error(out, x)
+            if not error <= TOLERANCE[dtype]:
+                raise AssertionError(f"{config.key} at {shape} {dtype}: relative error {error:.3g}")
+            row[config.key] = time_per_call_us(tuned, args.rounds, args.calls)["median_us"]
         rows.append(row)
     return rows
+
+
+def print_sweep(sweep: list[dict[str, object]]) -> None:
+    for row in sweep:
+        timings = {k: v for k, v in row.items() if k not in ("shape", "dtype")}
+        best = sorted((v, k) for k, v in timings.items() if k != "torch")[:5]
+        print(f"sweep {row['shape']} {row['dtype']}: torch {row['torch']:.2f} auto {row['a-l0r0w0']:.2f} best "
+              + ", ".join(f"{k} {v:.2f}" for v, k in best))
+        print("   ", " ".join(f"{k}={v:.2f}" for k, v in timings.items()))
 
 
 def main() -> int:
@@ -243,9 +290,7 @@ def main() -> int:
     print(f"device copy bandwidth (1 GiB D2D, read + write): {copy_gbs:.0f} GB/s")
 
     sweep = tuning_sweep(args) if args.sweep else []
-    for row in sweep:
-        print("sweep", row["shape"], row["dtype"],
-              " ".join(f"{k}={v:.2f}" for k, v in row.items() if k not in ("shape", "dtype")))
+    print_sweep(sweep)
 
     speed: list[SpeedResult] = []
     for repeat in range(2):  # twice: the spread between passes is the noise floor

@@ -17,12 +17,22 @@ enum class SoftmaxDType : int32_t
     kFloat16 = 1,
 };
 
+//! Which kernel computes rows of up to 1024 elements (longer rows always take the block-per-row one).
+enum class SoftmaxPath : int32_t
+{
+    kAuto = 0,      //!< the dispatcher's choice
+    kRegisters = 1, //!< each thread group loads its rows straight into registers
+    kStaged = 2,    //!< a block stages whole rows through shared memory with 16-byte copies
+};
+
 //! Launch shape overrides for tuning sweeps; zero means "let the dispatcher choose".
 struct SoftmaxLaunchTuning
 {
-    int32_t rowsPerThreadGroup{0}; //!< 1 or 2 rows held at once by each thread group (register path)
-    int32_t warpsPerBlock{0};      //!< 1 to 8 warps per block (register path)
+    int32_t rowsPerThreadGroup{0}; //!< rows each thread group takes: 1 or 2 (registers), 1 to 8 (staged)
+    int32_t warpsPerBlock{0};      //!< 1 to 8 warps per block
     int32_t lanesPerRow{0};        //!< 1, 2, 4, 8, 16 or 32 lanes share a row (must cover it)
+    SoftmaxPath path{SoftmaxPath::kAuto};
+    int32_t gridBlocks{0}; //!< blocks launched (grid-stride loops take the rest); 0: one pass
 };
 
 //! Softmax over the last axis of a contiguous [rows, cols] tensor: y = exp(x - max) / sum.

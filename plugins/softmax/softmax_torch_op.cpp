@@ -5,6 +5,7 @@
 // only says that CPU tensors are not supported. Loaded from Python with torch.ops.load_library.
 #include <cstdint>
 #include <limits>
+#include <string>
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
@@ -21,6 +22,18 @@ namespace
 using levit_softmax::SoftmaxDType;
 using levit_softmax::SoftmaxLaunchTuning;
 
+//! "[16, 6, 196, 196]", formatted without iostreams: numbers streamed into an error message from this
+//! library crashed on the H100 machine (std::ostream::_M_insert<long> ran inside the op; NOTES.md).
+std::string shapeText(c10::IntArrayRef sizes)
+{
+    std::string text = "[";
+    for (size_t i = 0; i < sizes.size(); ++i)
+    {
+        text += (i == 0 ? "" : ", ") + std::to_string(sizes[i]);
+    }
+    return text + "]";
+}
+
 void checkSupported(at::Tensor const& x)
 {
     TORCH_CHECK(x.dim() >= 1, "levit_trt::softmax: needs a tensor of rank >= 1 (softmax over the last axis); "
@@ -35,7 +48,8 @@ void softmaxInto(at::Tensor const& x, at::Tensor& out, SoftmaxLaunchTuning tunin
 {
     TORCH_CHECK(out.device() == x.device() && out.scalar_type() == x.scalar_type() && out.sizes() == x.sizes(),
         "levit_trt::softmax: out must match the input's device, dtype and shape; got out ", out.device(), " ",
-        out.scalar_type(), " ", out.sizes(), " for input ", x.device(), " ", x.scalar_type(), " ", x.sizes());
+        out.scalar_type(), " ", shapeText(out.sizes()), " for input ", x.device(), " ", x.scalar_type(), " ",
+        shapeText(x.sizes()));
     TORCH_CHECK(out.is_contiguous(), "levit_trt::softmax: out must be contiguous");
     if (x.numel() == 0)
     {
@@ -43,14 +57,14 @@ void softmaxInto(at::Tensor const& x, at::Tensor& out, SoftmaxLaunchTuning tunin
     }
     at::assert_no_overlap(out, x);
     int64_t const cols = x.size(-1);
-    TORCH_CHECK(cols <= std::numeric_limits<int32_t>::max(), "levit_trt::softmax: last axis of ", cols,
+    TORCH_CHECK(cols <= std::numeric_limits<int32_t>::max(), "levit_trt::softmax: last axis of ", std::to_string(cols),
         " elements is longer than the kernel supports (2^31 - 1)");
     int64_t const rows = x.numel() / cols;
     SoftmaxDType const dtype = x.scalar_type() == at::kHalf ? SoftmaxDType::kFloat16 : SoftmaxDType::kFloat32;
     cudaStream_t const stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
     cudaError_t const status = levit_softmax::softmaxLastAxis(
         x.const_data_ptr(), out.mutable_data_ptr(), rows, cols, dtype, stream, tuning);
-    TORCH_CHECK(status == cudaSuccess, "levit_trt::softmax: kernel launch failed for shape ", x.sizes(), ": ",
+    TORCH_CHECK(status == cudaSuccess, "levit_trt::softmax: kernel launch failed for shape ", shapeText(x.sizes()), ": ",
         cudaGetErrorString(status));
 }
 
@@ -77,19 +91,22 @@ at::Tensor& softmaxOut(at::Tensor const& x, at::Tensor& out)
     return out;
 }
 
-//! softmax.out with the launch shape forced (0 = the dispatcher's choice); for the tuning sweep of
-//! tools/softmax_gpu_check.py. A shape whose lanes cannot cover the row is an error.
+//! softmax.out with the kernel and its launch shape forced (0 = the dispatcher's choice); for the
+//! tuning sweep of tools/softmax_gpu_check.py. A shape whose lanes cannot cover the row is an error.
 void softmaxTuned(at::Tensor const& x, at::Tensor& out, int64_t rowsPerThreadGroup, int64_t warpsPerBlock,
-    int64_t lanesPerRow)
+    int64_t lanesPerRow, int64_t path, int64_t gridBlocks)
 {
-    TORCH_CHECK(rowsPerThreadGroup >= 0 && rowsPerThreadGroup <= 2 && warpsPerBlock >= 0 && warpsPerBlock <= 8
-            && lanesPerRow >= 0 && lanesPerRow <= 32,
-        "levit_trt::softmax_tuned: rows_per_thread_group must be 0..2, warps_per_block 0..8 and lanes_per_row "
-        "0..32 (0 = default)");
+    TORCH_CHECK(rowsPerThreadGroup >= 0 && rowsPerThreadGroup <= 8 && warpsPerBlock >= 0 && warpsPerBlock <= 8
+            && lanesPerRow >= 0 && lanesPerRow <= 32 && path >= 0 && path <= 2 && gridBlocks >= 0
+            && gridBlocks <= std::numeric_limits<int32_t>::max(),
+        "levit_trt::softmax_tuned: rows_per_thread_group must be 0..8, warps_per_block 0..8, lanes_per_row "
+        "0..32, path 0..2 (auto, registers, staged) and grid_blocks >= 0 (0 = default)");
     SoftmaxLaunchTuning tuning;
     tuning.rowsPerThreadGroup = static_cast<int32_t>(rowsPerThreadGroup);
     tuning.warpsPerBlock = static_cast<int32_t>(warpsPerBlock);
     tuning.lanesPerRow = static_cast<int32_t>(lanesPerRow);
+    tuning.path = static_cast<levit_softmax::SoftmaxPath>(path);
+    tuning.gridBlocks = static_cast<int32_t>(gridBlocks);
     c10::cuda::CUDAGuard const deviceGuard(x.device());
     softmaxInto(contiguousCudaInput(x), out, tuning);
 }
@@ -113,7 +130,7 @@ TORCH_LIBRARY(levit_trt, m)
     m.def("softmax(Tensor x) -> Tensor");
     m.def("softmax.out(Tensor x, *, Tensor(a!) out) -> Tensor(a!)");
     m.def("softmax_tuned(Tensor x, Tensor(a!) out, int rows_per_thread_group, int warps_per_block, "
-          "int lanes_per_row) -> ()");
+          "int lanes_per_row, int path=0, int grid_blocks=0) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(levit_trt, CUDA, m)
