@@ -117,6 +117,23 @@ def test_misaligned_rows_use_narrower_vectors(softmax_op, generator, dtype):
     assert relative_error(out, x) <= TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("misaligned", [False, True], ids=["aligned", "misaligned"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(64, 9, 49, 49), (300, 51, 17)], ids=str)
+def test_large_tensors_of_odd_rows(softmax_op, generator, shape, dtype, misaligned):
+    # More rows than a GPU keeps warps resident: the dispatcher stages such rows through shared
+    # memory where both pointers are 16-byte aligned, and keeps them in registers where not.
+    numel = math.prod(shape)
+    offset = int(misaligned)
+    x = random_input((numel + offset,), dtype, generator)[offset:].view(shape)
+    out = poisoned_like(torch.empty(numel + offset, device="cuda", dtype=dtype))[offset:].view(shape)
+    assert (x.data_ptr() % 16 != 0) == misaligned
+    torch.ops.levit_trt.softmax(x, out=out)
+    assert torch.isfinite(out).all(), "some outputs were not written (NaN poison left)"
+    error = relative_error(out, x)
+    assert error <= TOLERANCE[dtype], f"relative error {error:.3g} (seed {generator.initial_seed()})"
+
+
 def test_non_contiguous_input_is_handled(softmax_op, generator):
     x = random_input((4, 196, 49), torch.float16, generator).transpose(1, 2)  # last axis strided
     assert not x.is_contiguous()
