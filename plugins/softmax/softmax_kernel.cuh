@@ -4,8 +4,8 @@
 //  * rows of up to 1024 elements, held in registers (softmax_rows_in_registers.cuh): a thread group
 //    of 1..32 lanes owns one or two rows, loading them in vectors of up to 16 bytes;
 //  * rows of up to 1024 elements whose length is odd (49 keys: each lane would load 2 or 4 bytes at
-//    a time), in tensors too large for one wave of warps: whole-row tiles staged through shared
-//    memory with 16-byte copies (softmax_staged_rows.cuh);
+//    a time), in tensors with more rows than half the warps the GPU keeps resident: whole-row tiles
+//    staged through shared memory with 16-byte copies (softmax_staged_rows.cuh);
 //  * longer rows: one block per row, two passes (softmax_long_rows.cuh).
 // The choice and the defaults come from sweeps on an H100 (tools/softmax_gpu_check.py --sweep;
 // NOTES.md).
@@ -30,12 +30,14 @@ namespace levit_softmax
 namespace detail
 {
 
-// Odd rows in a tensor that fits one wave (a warp per row, all resident at once) take the register
-// path with a warp per row: the shortest chain of dependent steps per row. Measured on an H100:
-// fp32 [1,6,49,49] 1.65 us this way, 1.90 staged, torch.softmax 1.82.
-constexpr int kOneWaveLanesPerRow = kWarpSize;
-constexpr int kOneWaveRowsPerGroup = 1;
-constexpr int kOneWaveWarpsPerBlock = 8;
+// Odd rows in a small tensor (at most half as many rows as the GPU keeps warps resident) take the
+// register path with a warp per row: the shortest chain of dependent steps per row. Measured on an
+// H100 (8448 resident warps): fp32 [1,6,49,49] (294 rows) 1.65 us this way, 1.90 staged,
+// torch.softmax 1.82; but at [16,9,49,49] (7056 rows) a warp per row took 2.64 us to torch's 2.47.
+constexpr int64_t kSmallTensorOccupancyDivisor = 2;
+constexpr int kSmallTensorLanesPerRow = kWarpSize;
+constexpr int kSmallTensorRowsPerGroup = 1;
+constexpr int kSmallTensorWarpsPerBlock = 8;
 constexpr int kMaxCachedDevices = 64;
 
 inline bool alignedTo(void const* p, int bytes)
@@ -94,12 +96,12 @@ cudaError_t launchForVectorWidth(
     return launchRowsInRegisters<T, VEC>(x, y, rows, cols, tuning, stream);
 }
 
-//! Fills the launch-shape fields tuning leaves at 0 with the one-wave shape for odd rows.
-inline SoftmaxLaunchTuning withOneWaveDefaults(SoftmaxLaunchTuning tuning)
+//! Fills the launch-shape fields tuning leaves at 0 with the warp-per-row shape for odd rows in small tensors.
+inline SoftmaxLaunchTuning withSmallTensorDefaults(SoftmaxLaunchTuning tuning)
 {
-    tuning.lanesPerRow = tuning.lanesPerRow > 0 ? tuning.lanesPerRow : kOneWaveLanesPerRow;
-    tuning.rowsPerThreadGroup = tuning.rowsPerThreadGroup > 0 ? tuning.rowsPerThreadGroup : kOneWaveRowsPerGroup;
-    tuning.warpsPerBlock = tuning.warpsPerBlock > 0 ? tuning.warpsPerBlock : kOneWaveWarpsPerBlock;
+    tuning.lanesPerRow = tuning.lanesPerRow > 0 ? tuning.lanesPerRow : kSmallTensorLanesPerRow;
+    tuning.rowsPerThreadGroup = tuning.rowsPerThreadGroup > 0 ? tuning.rowsPerThreadGroup : kSmallTensorRowsPerGroup;
+    tuning.warpsPerBlock = tuning.warpsPerBlock > 0 ? tuning.warpsPerBlock : kSmallTensorWarpsPerBlock;
     return tuning;
 }
 
@@ -117,9 +119,9 @@ cudaError_t launchForType(
     int const width = vectorWidthFor<T>(x, y, cols);
     if (tuning.path == SoftmaxPath::kAuto && width == 1 && cols <= kMaxColsInRegisters)
     {
-        if (rows <= residentWarpsOfCurrentDevice())
+        if (rows <= residentWarpsOfCurrentDevice() / kSmallTensorOccupancyDivisor)
         {
-            tuning = withOneWaveDefaults(tuning);
+            tuning = withSmallTensorDefaults(tuning);
         }
         else if (stageable)
         {
