@@ -30,11 +30,18 @@ namespace levit_softmax
 namespace detail
 {
 
-// Odd rows in a small tensor (at most half as many rows as the GPU keeps warps resident) take the
-// register path with a warp per row: the shortest chain of dependent steps per row. Measured on an
-// H100 (8448 resident warps): fp32 [1,6,49,49] (294 rows) 1.65 us this way, 1.90 staged,
-// torch.softmax 1.82; but at [16,9,49,49] (7056 rows) a warp per row took 2.64 us to torch's 2.47.
-constexpr int64_t kSmallTensorOccupancyDivisor = 2;
+// Odd rows in a small tensor take the register path with a warp per row: the shortest chain of
+// dependent steps per row. Small: at most half as many rows as the GPU keeps warps resident (fp16),
+// two thirds (fp32, whose staged tiles gain less). Measured on an H100 (8448 resident warps; us per
+// call, warp per row / staged / torch.softmax): fp32 [1,6,49,49] 1.65 / 1.90 / 1.82; fp32
+// [16,6,49,49] (4704 rows) 2.14 / 2.27 / 2.24; fp16 [16,6,49,49] 2.17 / 2.05 / 2.19; fp32
+// [16,9,49,49] (7056 rows) 2.64 / 2.43 / 2.45.
+template <typename T>
+int64_t smallTensorRows(int64_t residentWarps)
+{
+    return sizeof(T) == 2 ? residentWarps / 2 : residentWarps * 2 / 3;
+}
+
 constexpr int kSmallTensorLanesPerRow = kWarpSize;
 constexpr int kSmallTensorRowsPerGroup = 1;
 constexpr int kSmallTensorWarpsPerBlock = 8;
@@ -119,7 +126,7 @@ cudaError_t launchForType(
     int const width = vectorWidthFor<T>(x, y, cols);
     if (tuning.path == SoftmaxPath::kAuto && width == 1 && cols <= kMaxColsInRegisters)
     {
-        if (rows <= residentWarpsOfCurrentDevice() / kSmallTensorOccupancyDivisor)
+        if (rows <= smallTensorRows<T>(residentWarpsOfCurrentDevice()))
         {
             tuning = withSmallTensorDefaults(tuning);
         }
