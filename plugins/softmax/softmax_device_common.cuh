@@ -90,7 +90,6 @@ __device__ __forceinline__ float groupSum(float v)
     return v;
 }
 
-
 inline int64_t ceilDiv(int64_t a, int64_t b)
 {
     return (a + b - 1) / b;

@@ -4,8 +4,9 @@
 //  * rows of up to 1024 elements, held in registers (softmax_rows_in_registers.cuh): a thread group
 //    of 1..32 lanes owns one or two rows, loading them in vectors of up to 16 bytes;
 //  * rows of up to 1024 elements whose length is odd (49 keys: each lane would load 2 or 4 bytes at
-//    a time), in tensors with more rows than half the warps the GPU keeps resident: whole-row tiles
-//    staged through shared memory with 16-byte copies (softmax_staged_rows.cuh);
+//    a time), in tensors with more rows than half (fp16) or two thirds (fp32) of the warps the GPU
+//    keeps resident: whole-row tiles staged through shared memory with 16-byte copies
+//    (softmax_staged_rows.cuh);
 //  * longer rows: one block per row, two passes (softmax_long_rows.cuh).
 // The choice and the defaults come from sweeps on an H100 (tools/softmax_gpu_check.py --sweep;
 // NOTES.md).

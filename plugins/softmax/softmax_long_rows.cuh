@@ -120,12 +120,12 @@ __global__ void __launch_bounds__(THREADS) softmaxLongRowsKernel(
     }
 }
 
-
 template <typename T, int VEC>
 cudaError_t launchLongRows(
     T const* x, T* y, int64_t rows, int32_t cols, SoftmaxLaunchTuning tuning, cudaStream_t stream)
 {
-    softmaxLongRowsKernel<T, VEC, kLongRowThreads><<<gridFor(rows, tuning), kLongRowThreads, 0, stream>>>(x, y, rows, cols);
+    softmaxLongRowsKernel<T, VEC, kLongRowThreads>
+        <<<gridFor(rows, tuning), kLongRowThreads, 0, stream>>>(x, y, rows, cols);
     return cudaGetLastError();
 }
 

@@ -11,9 +11,9 @@ namespace levit_softmax
 namespace detail
 {
 
+constexpr int kDefaultWarpsPerBlock = 4;
 // Group width: the narrowest whose lanes hold at most this many vectors of a row (scalar vectors,
 // i.e. odd rows, more: their 2- or 4-byte loads carry little each).
-constexpr int kDefaultWarpsPerBlock = 4;
 constexpr int kTargetVecsPerLane = 2;
 constexpr int kTargetScalarsPerLane = 4;
 
@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kWarpSize* kMaxWarpsPerBlock) softmaxRowsInReg
     }
 }
 
-
+//! One launch of the kernel above: GROUP lanes per row, each holding VECS_PER_LANE vectors.
 template <typename T, int VEC, int GROUP, int VECS_PER_LANE>
 cudaError_t launchGroupsOfRows(
     T const* x, T* y, int64_t rows, int32_t cols, SoftmaxLaunchTuning tuning, cudaStream_t stream)
@@ -192,7 +192,6 @@ cudaError_t launchForGroupWidth(T const* x, T* y, int64_t rows, int32_t cols, in
     default: return cudaErrorInvalidValue;
     }
 }
-
 
 //! The register path for rows of VEC-element vectors: groups as narrow as keep each lane at
 //! kTargetVecsPerLane vectors (kTargetScalarsPerLane for scalars), unless tuning names the width.

@@ -108,7 +108,6 @@ __global__ void __launch_bounds__(kWarpSize* kMaxWarpsPerBlock) softmaxStagedRow
     }
 }
 
-
 template <typename T, int LANES, int SLOTS>
 cudaError_t launchStagedRows(
     T const* x, T* y, int64_t rows, int32_t cols, SoftmaxLaunchTuning tuning, cudaStream_t stream)

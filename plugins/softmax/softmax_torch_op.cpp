@@ -57,15 +57,15 @@ void softmaxInto(at::Tensor const& x, at::Tensor& out, SoftmaxLaunchTuning tunin
     }
     at::assert_no_overlap(out, x);
     int64_t const cols = x.size(-1);
-    TORCH_CHECK(cols <= std::numeric_limits<int32_t>::max(), "levit_trt::softmax: last axis of ", std::to_string(cols),
-        " elements is longer than the kernel supports (2^31 - 1)");
+    TORCH_CHECK(cols <= std::numeric_limits<int32_t>::max(), "levit_trt::softmax: last axis of ",
+        std::to_string(cols), " elements is longer than the kernel supports (2^31 - 1)");
     int64_t const rows = x.numel() / cols;
     SoftmaxDType const dtype = x.scalar_type() == at::kHalf ? SoftmaxDType::kFloat16 : SoftmaxDType::kFloat32;
     cudaStream_t const stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
     cudaError_t const status = levit_softmax::softmaxLastAxis(
         x.const_data_ptr(), out.mutable_data_ptr(), rows, cols, dtype, stream, tuning);
-    TORCH_CHECK(status == cudaSuccess, "levit_trt::softmax: kernel launch failed for shape ", shapeText(x.sizes()), ": ",
-        cudaGetErrorString(status));
+    TORCH_CHECK(status == cudaSuccess, "levit_trt::softmax: kernel launch failed for shape ", shapeText(x.sizes()),
+        ": ", cudaGetErrorString(status));
 }
 
 at::Tensor contiguousCudaInput(at::Tensor const& x)
