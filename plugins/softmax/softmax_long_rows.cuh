@@ -26,6 +26,19 @@ __device__ __forceinline__ void mergeMaxSum(float& maxValue, float& sum, float o
     maxValue = merged;
 }
 
+//! Merges the (max, sum) pairs of a warp's 32 lanes; every lane ends with the warp's pair.
+template <typename T>
+__device__ __forceinline__ void warpMergeMaxSum(float& maxValue, float& sum)
+{
+#pragma unroll
+    for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    {
+        float const otherMax = __shfl_xor_sync(0xffffffffu, maxValue, offset);
+        float const otherSum = __shfl_xor_sync(0xffffffffu, sum, offset);
+        mergeMaxSum<T>(maxValue, sum, otherMax, otherSum);
+    }
+}
+
 //! One block per row for rows longer than kMaxColsInRegisters: an online max/sum pass, a block
 //! reduction through shared memory, then a pass that reads the row again and writes the output.
 template <typename T, int VEC, int THREADS>
@@ -71,13 +84,7 @@ __global__ void __launch_bounds__(THREADS) softmaxLongRowsKernel(
             mergeMaxSum<T>(maxValue, sum, packMax, packSum);
         }
 
-#pragma unroll
-        for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-        {
-            float const otherMax = __shfl_xor_sync(0xffffffffu, maxValue, offset);
-            float const otherSum = __shfl_xor_sync(0xffffffffu, sum, offset);
-            mergeMaxSum<T>(maxValue, sum, otherMax, otherSum);
-        }
+        warpMergeMaxSum<T>(maxValue, sum);
         if (lane == 0)
         {
             warpMax[warp] = maxValue;
@@ -88,13 +95,7 @@ __global__ void __launch_bounds__(THREADS) softmaxLongRowsKernel(
         {
             maxValue = lane < kWarps ? warpMax[lane] : -INFINITY;
             sum = lane < kWarps ? warpSum[lane] : 0.0F;
-#pragma unroll
-            for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
-            {
-                float const otherMax = __shfl_xor_sync(0xffffffffu, maxValue, offset);
-                float const otherSum = __shfl_xor_sync(0xffffffffu, sum, offset);
-                mergeMaxSum<T>(maxValue, sum, otherMax, otherSum);
-            }
+            warpMergeMaxSum<T>(maxValue, sum);
             if (lane == 0)
             {
                 rowStats[0] = maxValue;
