@@ -10,11 +10,14 @@ from __future__ import annotations
 import gc
 import math
 import statistics
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
+
+Key = TypeVar("Key", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -140,16 +143,52 @@ def time_cuda_graph(
     Graph replay removes CPU launch overhead; with `calls_per_graph > 1` the per-call time of
     very short kernels (a few microseconds) is not dominated by the replay's own start-up.
     """
+    return time_cuda_graphs_interleaved({"fn": fn}, warmup=warmup, rounds=rounds, calls_per_graph=calls_per_graph)["fn"]
+
+
+def time_cuda_graphs_interleaved(
+    fns: Mapping[Key, Callable[[], object]],
+    *,
+    warmup: int = 10,
+    rounds: int = 100,
+    calls_per_graph: int = 1,
+) -> dict[Key, GpuTiming]:
+    """Time several functions as `time_cuda_graph` does, each round replaying every graph in turn.
+
+    Timing one function after another lets a slow spell of the GPU (a clock change, another
+    process) land on one of them only; interleaved rounds share it, so comparisons between them hold.
+    """
+    _require_cuda()
     if calls_per_graph < 1:
         raise ValueError(f"calls_per_graph must be at least 1, got {calls_per_graph}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
 
-    def repeated() -> None:
-        for _ in range(calls_per_graph):
-            fn()
+    def repeated(fn: Callable[[], object]) -> Callable[[], None]:
+        def calls() -> None:
+            for _ in range(calls_per_graph):
+                fn()
 
-    graph = capture_cuda_graph(repeated)
-    timing = time_cuda_events(graph.replay, warmup=warmup, rounds=rounds)
-    return GpuTiming(tuple(t / calls_per_graph for t in timing.times_ms), "cuda-graph")
+        return calls
+
+    graphs = {key: capture_cuda_graph(repeated(fn)) for key, fn in fns.items()}
+    stream = torch.cuda.current_stream()
+    for _ in range(warmup):
+        for graph in graphs.values():
+            graph.replay()
+    stream.synchronize()
+    events = {key: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                    for _ in range(rounds)] for key in graphs}
+    with garbage_collection_paused():
+        for index in range(rounds):
+            for key, graph in graphs.items():
+                start, end = events[key][index]
+                start.record(stream)
+                graph.replay()
+                end.record(stream)
+        stream.synchronize()
+    return {key: GpuTiming(tuple(start.elapsed_time(end) / calls_per_graph for start, end in pairs), "cuda-graph")
+            for key, pairs in events.items()}
 
 
 def synchronised(fn: Callable[[], object]) -> Callable[[], None]:

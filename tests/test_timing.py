@@ -1,12 +1,15 @@
-"""GpuTiming statistics against values worked out by hand; the timed loop's garbage-collection pause."""
+"""GpuTiming statistics against values worked out by hand; the timed loop's garbage-collection pause;
+what interleaved graph timing replays (on a CUDA GPU)."""
 
 from __future__ import annotations
 
 import gc
+from functools import partial
 
 import pytest
+import torch
 
-from levit_trt.timing import GpuTiming, garbage_collection_paused
+from levit_trt.timing import GpuTiming, garbage_collection_paused, time_cuda_graphs_interleaved
 
 
 @pytest.mark.parametrize(("count", "pct", "expected"), [(100, 99, 99.0), (100, 90, 90.0), (10, 90, 9.0),
@@ -36,3 +39,18 @@ def test_garbage_collection_is_paused_and_restored() -> None:
         assert not gc.isenabled()  # a caller that had it off keeps it off
     finally:
         gc.enable()
+
+
+@pytest.mark.gpu
+def test_interleaved_rounds_replay_every_graph_once_per_round() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: torch.cuda.is_available() is False")
+    counters = {name: torch.zeros((), device="cuda") for name in ("a", "b")}
+    steps = {"a": 1.0, "b": 10.0}
+    timings = time_cuda_graphs_interleaved({name: partial(counters[name].add_, steps[name]) for name in counters},
+                                           warmup=2, rounds=5, calls_per_graph=3)
+    assert set(timings) == {"a", "b"}
+    assert all(len(t.times_ms) == 5 and t.method == "cuda-graph" and min(t.times_ms) > 0 for t in timings.values())
+    # Three eager warm-up calls of each captured function (capture_cuda_graph), then 2 + 5 replays of 3 calls.
+    for name, counter in counters.items():
+        assert counter.item() == steps[name] * 3 * (3 + 2 + 5)

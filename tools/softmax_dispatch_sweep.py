@@ -5,7 +5,7 @@ Run from the repository root on a CUDA machine after building the op:
 
     python3 tools/softmax_dispatch_sweep.py
 
-Timing as in tools/softmax_gpu_check.py (20 calls per CUDA graph, median of 50 replays, per call).
+Timing as in tools/softmax_gpu_check.py (20 calls per CUDA graph, median of 50 interleaved rounds, per call).
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ def main() -> None:
     for shape in SHAPES:
         for dtype in (torch.float16, torch.float32):
             x = torch.randn(shape, device="cuda").to(dtype)
-            out = torch.empty_like(x)
             rows = x.numel() // shape[-1]
-            times = {"torch": check.time_per_call_us(partial(torch.softmax, x, -1), 50, 20)["median_us"]}
-            for name, config in CONFIGS.items():
-                times[name] = check.time_per_call_us(config.bind(x, out), 50, 20)["median_us"]
+            fns = {"torch": partial(torch.softmax, x, -1),
+                   **{name: config.bind(x, torch.empty_like(x)) for name, config in CONFIGS.items()}}
+            times = {name: t["median_us"] for name, t in check.times_per_call_us(fns, 50, 20).items()}
             print(f"{list(shape)!s:>18} {str(dtype)[6:]:>8} rows {rows:6d} ({rows / resident_warps:.2f} of resident) "
                   + " ".join(f"{k} {v:.2f}" for k, v in times.items()), flush=True)
 

@@ -13,8 +13,10 @@ Run from the repository root after building the op (cmake -S . -B build && cmake
    and the issue's reference shapes, fp16 and fp32.
 
 How both implementations are timed (identically): `torch.softmax(x, -1)` and `levit_trt::softmax(x)`,
-functional form, each captured `--calls` times back-to-back in one CUDA graph and replayed
-(levit_trt.timing.time_cuda_graph); the per-call median over `--rounds` replays is reported.
+functional form, each captured `--calls` times back-to-back in one CUDA graph and replayed; each
+round replays the torch graph, the plugin's and a same-size copy's (`out.copy_(x)`) in turn
+(levit_trt.timing.time_cuda_graphs_interleaved), so a slow spell of the GPU lands on all three; the
+per-call median over `--rounds` rounds is reported.
 "hot" columns reuse one input tensor, so the input (at most ~30 MB here) stays in the 50 MB L2
 between calls -- as in the network, where softmax reads the scores the previous matmul just wrote --
 and GB/s can exceed the DRAM copy bandwidth. "cold" columns (reference shapes only) rotate over
@@ -40,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from levit_trt import plugins
-from levit_trt.timing import time_cuda_events, time_cuda_graph
+from levit_trt.timing import time_cuda_events, time_cuda_graphs_interleaved
 from levit_trt.variants import VARIANTS
 
 ROW_LENGTHS = (1, 16, 17, 49, 196, 1000, 1025, 4096)
@@ -62,7 +64,8 @@ SWEEP_SHAPES: tuple[tuple[tuple[int, ...], torch.dtype], ...] = (
     ((64, 9, 49, 49), torch.float16), ((64, 5, 49, 49), torch.float16), ((64, 12, 16, 49), torch.float16),
     ((1, 6, 49, 49), torch.float16), ((64, 8, 16, 16), torch.float16), ((64, 9, 49, 49), torch.float32),
     ((64, 5, 49, 49), torch.float32), ((1, 6, 49, 49), torch.float32), ((64, 16, 16, 49), torch.float32),
-    ((8, 5, 49, 49), torch.float32),
+    ((8, 5, 49, 49), torch.float32), ((16, 8, 49, 49), torch.float32), ((16, 9, 49, 49), torch.float32),
+    ((64, 4, 196, 196), torch.float16), ((1, 8, 16, 16), torch.float16),
 )
 
 
@@ -86,13 +89,13 @@ class LaunchConfig:
                        PATHS[self.path], self.grid_blocks)
 
 
-def sweep_configs(sms: int) -> list[LaunchConfig]:
+def sweep_configs(sms: int, paths: set[str]) -> list[LaunchConfig]:
     registers = [LaunchConfig("registers", lanes, rows, warps)
                  for lanes, rows, warps in itertools.product((0, 8, 16, 32), (1, 2), (4, 8))]
     capped = [LaunchConfig("registers", grid_blocks=sms * per_sm) for per_sm in (4, 8, 16, 32)]
     staged = [LaunchConfig("staged", lanes, rows, warps)
               for lanes, rows, warps in itertools.product((0, 1, 2, 4, 8, 16, 32), (1, 2, 4), (2, 4, 8))]
-    return [LaunchConfig("auto"), *registers, *capped, *staged]
+    return [c for c in (LaunchConfig("auto"), *registers, *capped, *staged) if c.path in paths]
 
 
 def levit_attention_shapes(batch: int) -> list[tuple[str, tuple[int, int, int, int]]]:
@@ -169,10 +172,11 @@ def copy_bandwidth_gbs() -> float:
     return 2 * (1 << 30) / (timing.median_ms * 1e-3) / 1e9
 
 
-def time_per_call_us(fn, rounds: int, calls: int) -> dict[str, float]:
-    timing = time_cuda_graph(fn, warmup=10, rounds=rounds, calls_per_graph=calls)
-    return {"median_us": timing.median_ms * 1e3, "p10_us": timing.percentile_ms(10) * 1e3,
-            "p90_us": timing.percentile_ms(90) * 1e3}
+def times_per_call_us(fns: dict, rounds: int, calls: int) -> dict[object, dict[str, float]]:
+    """Median, 10th and 90th percentile µs per call of each function, timed in interleaved rounds."""
+    timings = time_cuda_graphs_interleaved(fns, warmup=10, rounds=rounds, calls_per_graph=calls)
+    return {key: {"median_us": t.median_ms * 1e3, "p10_us": t.percentile_ms(10) * 1e3,
+                  "p90_us": t.percentile_ms(90) * 1e3} for key, t in timings.items()}
 
 
 def rotating(fn, inputs: list[torch.Tensor]):
@@ -191,7 +195,8 @@ class SpeedResult:
     plugin_us: float
     speedup: float
     plugin_gbs: float
-    copy_fraction: float
+    copy_fraction: float  # of the 1 GiB device copy rate
+    same_size_copy_us: float  # out.copy_(x) for this tensor, timed in the same rounds
     issue_torch_us: float | None = None
     torch_p10_p90_us: tuple[float, float] = (0.0, 0.0)
     plugin_p10_p90_us: tuple[float, float] = (0.0, 0.0)
@@ -209,16 +214,20 @@ def measure(label, shape, dtype, op, copy_gbs, args, inputs="hot", issue_us=None
         calls = count * max(1, args.calls // count)
         torch_fn = rotating(lambda t: torch.softmax(t, -1), tensors)
         plugin_fn = rotating(op, tensors)
+        copy_out = torch.empty_like(x)
+        copy_fn = rotating(copy_out.copy_, tensors)
     else:
         torch_fn = lambda: torch.softmax(x, -1)
         plugin_fn = lambda: op(x)
-    torch_t = time_per_call_us(torch_fn, args.rounds, calls)
-    plugin_t = time_per_call_us(plugin_fn, args.rounds, calls)
+        copy_fn = partial(torch.empty_like(x).copy_, x)
+    times = times_per_call_us({"torch": torch_fn, "plugin": plugin_fn, "copy": copy_fn}, args.rounds, calls)
+    torch_t, plugin_t = times["torch"], times["plugin"]
     moved = 2 * x.numel() * x.element_size()
     gbs = moved / (plugin_t["median_us"] * 1e-6) / 1e9
     return SpeedResult(label, tuple(shape), str(dtype).replace("torch.", ""), inputs, torch_t["median_us"],
                        plugin_t["median_us"], torch_t["median_us"] / plugin_t["median_us"], gbs, gbs / copy_gbs,
-                       issue_us, (torch_t["p10_us"], torch_t["p90_us"]), (plugin_t["p10_us"], plugin_t["p90_us"]))
+                       times["copy"]["median_us"], issue_us, (torch_t["p10_us"], torch_t["p90_us"]),
+                       (plugin_t["p10_us"], plugin_t["p90_us"]))
 
 
 def tuning_sweep(args) -> list[dict[str, object]]:
@@ -226,18 +235,16 @@ def tuning_sweep(args) -> list[dict[str, object]]:
 
     Each configuration is checked against float64 before it is timed; configurations the kernel
     refuses (lanes that cannot cover the row, a staged tile over the shared-memory limit) are left out.
+    A shape's configurations are timed in interleaved rounds, so they share any slow spell.
     """
     rows = []
-    configs = sweep_configs(torch.cuda.get_device_properties(0).multi_processor_count)
+    configs = sweep_configs(torch.cuda.get_device_properties(0).multi_processor_count, set(args.sweep_paths.split(",")))
     for shape, dtype in SWEEP_SHAPES:
         x = torch.randn(shape, device="cuda").to(dtype)
-        out = torch.empty_like(x)
-        row: dict[str, object] = {"shape": shape, "dtype": str(dtype).replace("torch.", ""),
-                                  "torch": time_per_call_us(partial(torch.softmax, x, -1), args.rounds,
-                                                            args.calls)["median_us"]}
+        fns = {"torch": partial(torch.softmax, x, -1)}
         for config in configs:
+            out = torch.full_like(x, float("nan"))
             tuned = config.bind(x, out)
-            out.fill_(float("nan"))
             try:
                 tuned()
             except RuntimeError:
@@ -245,8 +252,10 @@ def tuning_sweep(args) -> list[dict[str, object]]:
             error = relative_error(out, x)
             if not error <= TOLERANCE[dtype]:
                 raise AssertionError(f"{config.key} at {shape} {dtype}: relative error {error:.3g}")
-            row[config.key] = time_per_call_us(tuned, args.rounds, args.calls)["median_us"]
-        rows.append(row)
+            fns[config.key] = tuned
+        times = times_per_call_us(fns, args.rounds, args.calls)
+        rows.append({"shape": shape, "dtype": str(dtype).replace("torch.", ""),
+                     **{key: t["median_us"] for key, t in times.items()}})
     return rows
 
 
@@ -264,6 +273,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=50, help="timed graph replays per measurement")
     parser.add_argument("--calls", type=int, default=20, help="calls captured per graph")
     parser.add_argument("--sweep", action="store_true", help="also time every launch shape (tuning)")
+    parser.add_argument("--sweep-paths", default=",".join(PATHS),
+                        help="comma-separated kernels the sweep covers (default: all of %(default)s)")
     parser.add_argument("--correctness-only", action="store_true",
                         help="only the correctness checks (small and quick: for compute-sanitizer)")
     args = parser.parse_args()
@@ -308,11 +319,12 @@ def main() -> int:
         speed.append(measure(", ".join(names), shape, dtype, op, copy_gbs, args))
 
     print(f"\n{'shape':>20} {'dtype':>7} {'in':>4} {'torch us':>9} {'plugin us':>9} {'speedup':>7} "
-          f"{'GB/s':>6} {'of copy':>7}  where")
+          f"{'GB/s':>6} {'of copy':>7} {'copy us':>7}  where")
     for r in speed:
         issue = f" (issue: torch {r.issue_torch_us} us)" if r.issue_torch_us else ""
         print(f"{list(r.shape)!s:>20} {r.dtype:>7} {r.inputs:>4} {r.torch_us:9.2f} {r.plugin_us:9.2f} "
-              f"{r.speedup:7.2f} {r.plugin_gbs:6.0f} {r.copy_fraction:7.2f}  {r.label[:60]}{issue}")
+              f"{r.speedup:7.2f} {r.plugin_gbs:6.0f} {r.copy_fraction:7.2f} {r.same_size_copy_us:7.2f}  "
+              f"{r.label[:60]}{issue}")
     slower = [r for r in speed if r.speedup < 1.0]
     print(f"\nshapes where the plugin is slower than torch.softmax: {len(slower)} of {len(speed)}")
 
