@@ -98,6 +98,14 @@ def sweep_configs(sms: int, paths: set[str]) -> list[LaunchConfig]:
     return [c for c in (LaunchConfig("auto"), *registers, *capped, *staged) if c.path in paths]
 
 
+def sweep_paths(text: str) -> set[str]:
+    """--sweep-paths: kernel names from PATHS, comma-separated."""
+    paths = set(text.split(","))
+    if not paths <= set(PATHS):
+        raise argparse.ArgumentTypeError(f"unknown kernel {sorted(paths - set(PATHS))}; choose from {', '.join(PATHS)}")
+    return paths
+
+
 def levit_attention_shapes(batch: int) -> list[tuple[str, tuple[int, int, int, int]]]:
     """[B, heads, queries, keys] of every attention in each variant (timm's levit.py layout).
 
@@ -238,7 +246,7 @@ def tuning_sweep(args) -> list[dict[str, object]]:
     A shape's configurations are timed in interleaved rounds, so they share any slow spell.
     """
     rows = []
-    configs = sweep_configs(torch.cuda.get_device_properties(0).multi_processor_count, set(args.sweep_paths.split(",")))
+    configs = sweep_configs(torch.cuda.get_device_properties(0).multi_processor_count, args.sweep_paths)
     for shape, dtype in SWEEP_SHAPES:
         x = torch.randn(shape, device="cuda").to(dtype)
         fns = {"torch": partial(torch.softmax, x, -1)}
@@ -263,7 +271,8 @@ def print_sweep(sweep: list[dict[str, object]]) -> None:
     for row in sweep:
         timings = {k: v for k, v in row.items() if k not in ("shape", "dtype")}
         best = sorted((v, k) for k, v in timings.items() if k != "torch")[:5]
-        print(f"sweep {row['shape']} {row['dtype']}: torch {row['torch']:.2f} auto {row['a-l0r0w0']:.2f} best "
+        auto = f" auto {row['a-l0r0w0']:.2f}" if "a-l0r0w0" in row else ""
+        print(f"sweep {row['shape']} {row['dtype']}: torch {row['torch']:.2f}{auto} best "
               + ", ".join(f"{k} {v:.2f}" for v, k in best))
         print("   ", " ".join(f"{k}={v:.2f}" for k, v in timings.items()))
 
@@ -273,8 +282,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=50, help="timed graph replays per measurement")
     parser.add_argument("--calls", type=int, default=20, help="calls captured per graph")
     parser.add_argument("--sweep", action="store_true", help="also time every launch shape (tuning)")
-    parser.add_argument("--sweep-paths", default=",".join(PATHS),
-                        help="comma-separated kernels the sweep covers (default: all of %(default)s)")
+    parser.add_argument("--sweep-paths", type=sweep_paths, default=set(PATHS),
+                        help=f"comma-separated kernels the sweep covers, of {','.join(PATHS)} (default: all)")
     parser.add_argument("--correctness-only", action="store_true",
                         help="only the correctness checks (small and quick: for compute-sanitizer)")
     args = parser.parse_args()
@@ -331,7 +340,8 @@ def main() -> int:
     if os.environ.get("OUT"):
         path = Path(os.environ["OUT"]) / "softmax.json"
         path.write_text(json.dumps({
-            "device": device, "copy_bandwidth_gbs": copy_gbs, "args": vars(args),
+            "device": device, "copy_bandwidth_gbs": copy_gbs,
+            "args": {**vars(args), "sweep_paths": sorted(args.sweep_paths)},
             "correctness": [asdict(r) for r in correctness], "sweep": sweep,
             "speed": [asdict(r) for r in speed],
         }, indent=1))
