@@ -33,6 +33,7 @@ import itertools
 import json
 import os
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -180,7 +181,7 @@ def copy_bandwidth_gbs() -> float:
     return 2 * (1 << 30) / (timing.median_ms * 1e-3) / 1e9
 
 
-def times_per_call_us(fns: dict, rounds: int, calls: int) -> dict[object, dict[str, float]]:
+def times_per_call_us(fns: Mapping[str, Callable[[], object]], rounds: int, calls: int) -> dict[str, dict[str, float]]:
     """Median, 10th and 90th percentile µs per call of each function, timed in interleaved rounds."""
     timings = time_cuda_graphs_interleaved(fns, warmup=10, rounds=rounds, calls_per_graph=calls)
     return {key: {"median_us": t.median_ms * 1e3, "p10_us": t.percentile_ms(10) * 1e3,
@@ -301,8 +302,9 @@ def main() -> int:
     worst = {d: max(r.relative_error for r in correctness if r.dtype == d) for d in {r.dtype for r in correctness}}
     print(f"correctness: {len(correctness) - len(failures)}/{len(correctness)} passed; worst relative error "
           + ", ".join(f"{d} {e:.3g}" for d, e in sorted(worst.items())))
-    for r in failures:
-        print(f"  FAILED {r.shape} {r.dtype} {r.inputs}: error {r.relative_error:.3g}, all written {r.all_written}")
+    for failure in failures:
+        print(f"  FAILED {failure.shape} {failure.dtype} {failure.inputs}: error {failure.relative_error:.3g}, "
+              f"all written {failure.all_written}")
     if args.correctness_only:
         return 1 if failures else 0
 
