@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(THREADS) softmaxLongRowsKernel(
             if (lane == 0)
             {
                 rowStats[0] = maxValue;
-                rowStats[1] = 1.0F / sum;
+                rowStats[1] = reciprocalFor<T>(sum);
             }
         }
         __syncthreads();

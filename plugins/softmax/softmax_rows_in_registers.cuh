@@ -20,8 +20,8 @@ constexpr int kTargetScalarsPerLane = 4;
 //! Rows held in registers. Block = (32, warps); each GROUP-lane group owns ROWS consecutive rows
 //! per step. Lane g of a group holds vectors g, g+GROUP, g+2*GROUP, ... of its row, so each load
 //! instruction of the group reads consecutive memory. Loop bounds are block-uniform, so every lane
-//! reaches every shuffle; lanes past the end of a row or of the tensor compute on -inf and store
-//! nothing.
+//! reaches every shuffle; lanes past the end of a row or of the tensor compute on copies of valid
+//! elements, kept out of the sum, and store nothing.
 template <typename T, int VEC, int GROUP, int VECS_PER_LANE, int ROWS>
 __global__ void __launch_bounds__(kWarpSize* kMaxWarpsPerBlock) softmaxRowsInRegistersKernel(
     T const* __restrict__ x, T* __restrict__ y, int64_t rows, int32_t cols)
@@ -59,45 +59,46 @@ __global__ void __launch_bounds__(kWarpSize* kMaxWarpsPerBlock) softmaxRowsInReg
             }
         }
 
+        // Slots past the end of a row hold a copy of the row's first vector (the clamped load), which
+        // cannot change its maximum; rows past the end of the tensor hold row 0 and are not stored.
+        // So no per-element masking here: the exp step below gives such slots a shift of +inf
+        // instead, one select per vector, and exp(-inf) = 0 keeps them out of the sum.
         float values[ROWS][kSlots];
         float rowMax[ROWS];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r)
         {
-            bool const rowValid = firstRow + r < rows;
-            rowMax[r] = -INFINITY;
 #pragma unroll
-            for (int j = 0; j < VECS_PER_LANE; ++j)
+            for (int s = 0; s < kSlots; ++s)
             {
-                bool const valid = rowValid && (j * GROUP + laneInGroup) * VEC < cols;
-#pragma unroll
-                for (int k = 0; k < VEC; ++k)
-                {
-                    values[r][j * VEC + k] = valid ? toFloat(packed[r][j].v[k]) : -INFINITY;
-                    rowMax[r] = fmaxf(rowMax[r], values[r][j * VEC + k]);
-                }
+                values[r][s] = toFloat(packed[r][s / VEC].v[s % VEC]);
             }
+            rowMax[r] = laneReduce<MaxOp>(values[r]);
         }
 
         float rowSum[ROWS];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r)
         {
-            rowMax[r] = groupMax<GROUP>(rowMax[r]);
-            rowSum[r] = 0.0F;
+            float const shift = rowShift<T>(groupMax<GROUP>(rowMax[r]));
 #pragma unroll
-            for (int s = 0; s < kSlots; ++s)
+            for (int j = 0; j < VECS_PER_LANE; ++j)
             {
-                values[r][s] = expFor<T>(values[r][s] - rowMax[r]);
-                rowSum[r] += values[r][s];
+                float const slotShift = (j * GROUP + laneInGroup) * VEC < cols ? shift : INFINITY;
+#pragma unroll
+                for (int k = 0; k < VEC; ++k)
+                {
+                    values[r][j * VEC + k] = expBelowShift<T>(values[r][j * VEC + k], slotShift);
+                }
             }
+            rowSum[r] = laneReduce<SumOp>(values[r]);
         }
 
 #pragma unroll
         for (int r = 0; r < ROWS; ++r)
         {
             int64_t const row = firstRow + r;
-            float const inverseSum = 1.0F / groupSum<GROUP>(rowSum[r]);
+            float const inverseSum = reciprocalFor<T>(groupSum<GROUP>(rowSum[r]));
             T* rowOut = y + row * cols;
 #pragma unroll
             for (int j = 0; j < VECS_PER_LANE; ++j)

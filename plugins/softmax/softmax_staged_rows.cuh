@@ -75,15 +75,15 @@ __global__ void __launch_bounds__(kWarpSize* kMaxWarpsPerBlock) softmaxStagedRow
                 values[s] = rowValid && col < cols ? toFloat(rowValues[col]) : -INFINITY;
                 rowMax = fmaxf(rowMax, values[s]);
             }
-            rowMax = groupMax<LANES>(rowMax);
+            float const shift = rowShift<T>(groupMax<LANES>(rowMax));
             float rowSum = 0.0F;
 #pragma unroll
             for (int s = 0; s < SLOTS; ++s)
             {
-                values[s] = expFor<T>(values[s] - rowMax);
+                values[s] = expBelowShift<T>(values[s], shift);
                 rowSum += values[s];
             }
-            float const inverseSum = 1.0F / groupSum<LANES>(rowSum);
+            float const inverseSum = reciprocalFor<T>(groupSum<LANES>(rowSum));
 #pragma unroll
             for (int s = 0; s < SLOTS; ++s)
             {
