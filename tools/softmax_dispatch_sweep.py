@@ -22,7 +22,8 @@ import softmax_gpu_check as check
 
 SHAPES = ((8, 5, 49, 49), (8, 8, 49, 49), (8, 9, 49, 49), (16, 5, 49, 49), (16, 6, 49, 49), (16, 8, 49, 49),
           (16, 9, 49, 49), (16, 12, 49, 49), (8, 16, 16, 49), (16, 12, 16, 49), (16, 16, 16, 49))
-CONFIGS = {"warp/row": check.LaunchConfig("registers", 32, 1, 8), "staged": check.LaunchConfig("staged"),
+CONFIGS = {"warp/row": check.LaunchConfig("registers", 32, 1, 8), "group/row": check.LaunchConfig("registers", 0, 1, 4),
+           "staged": check.LaunchConfig("staged"),
            "auto": check.LaunchConfig("auto")}
 
 

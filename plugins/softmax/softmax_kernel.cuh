@@ -4,8 +4,8 @@
 //  * rows of up to 1024 elements, held in registers (softmax_rows_in_registers.cuh): a thread group
 //    of 1..32 lanes owns one or two rows, loading them in vectors of up to 16 bytes;
 //  * rows of up to 1024 elements whose length is odd (49 keys: each lane would load 2 or 4 bytes at
-//    a time), in tensors with more rows than half (fp16) or two thirds (fp32) of the warps the GPU
-//    keeps resident: whole-row tiles staged through shared memory with 16-byte copies
+//    a time), in tensors with more rows than half (fp16) or all (fp32) of the warps the GPU keeps
+//    resident: whole-row tiles staged through shared memory with 16-byte copies
 //    (softmax_staged_rows.cuh);
 //  * longer rows: one block per row, two passes (softmax_long_rows.cuh).
 // The choice and the defaults come from sweeps on an H100 (tools/softmax_gpu_check.py --sweep;
@@ -31,21 +31,21 @@ namespace levit_softmax
 namespace detail
 {
 
-// Odd rows in a small tensor take the register path with a warp per row: the shortest chain of
+// Odd rows in a small tensor take the register path, one row per thread group: the shortest chain of
 // dependent steps per row. Small: at most half as many rows as the GPU keeps warps resident (fp16),
-// two thirds (fp32, whose staged tiles gain less). Measured on an H100 (8448 resident warps; us per
-// call, warp per row / staged / torch.softmax): fp32 [1,6,49,49] 1.65 / 1.90 / 1.82; fp32
-// [16,6,49,49] (4704 rows) 2.14 / 2.27 / 2.24; fp16 [16,6,49,49] 2.17 / 2.05 / 2.19; fp32
-// [16,9,49,49] (7056 rows) 2.64 / 2.43 / 2.45.
+// as many (fp32, whose staged tiles gain less). fp16 takes a warp per row, fp32 groups as narrow as
+// keep 4 values a lane. Measured on an H100 (8448 resident warps; tools/softmax_dispatch_sweep.py,
+// us per call, chosen shape / staged / torch.softmax): fp16 [16,5,49,49] (3920 rows) 2.01 / 1.96 /
+// 2.14 and [16,6,49,49] 2.12 / 2.00 / 2.21; fp32 [16,6,49,49] 2.20 / 2.30 / 2.28, [16,9,49,49]
+// (7056 rows) 2.39 / 2.48 / 2.48 (a warp per row: 2.66) and [16,12,49,49] (9408 rows, staged) 2.67 /
+// 2.60 / 2.74.
 template <typename T>
 int64_t smallTensorRows(int64_t residentWarps)
 {
-    return sizeof(T) == 2 ? residentWarps / 2 : residentWarps * 2 / 3;
+    return sizeof(T) == 2 ? residentWarps / 2 : residentWarps;
 }
 
-constexpr int kSmallTensorLanesPerRow = kWarpSize;
 constexpr int kSmallTensorRowsPerGroup = 1;
-constexpr int kSmallTensorWarpsPerBlock = 8;
 constexpr int kMaxCachedDevices = 64;
 
 inline bool alignedTo(void const* p, int bytes)
@@ -104,12 +104,16 @@ cudaError_t launchForVectorWidth(
     return launchRowsInRegisters<T, VEC>(x, y, rows, cols, tuning, stream);
 }
 
-//! Fills the launch-shape fields tuning leaves at 0 with the warp-per-row shape for odd rows in small tensors.
-inline SoftmaxLaunchTuning withSmallTensorDefaults(SoftmaxLaunchTuning tuning)
+//! Fills the launch-shape fields tuning leaves at 0 with the shape for odd rows in small tensors: one
+//! row per group; fp16 a warp per row in blocks of 8 warps, fp32 the register path's group width in
+//! blocks of 4.
+template <typename T>
+SoftmaxLaunchTuning withSmallTensorDefaults(SoftmaxLaunchTuning tuning)
 {
-    tuning.lanesPerRow = tuning.lanesPerRow > 0 ? tuning.lanesPerRow : kSmallTensorLanesPerRow;
+    bool const half = sizeof(T) == 2;
+    tuning.lanesPerRow = tuning.lanesPerRow > 0 ? tuning.lanesPerRow : (half ? kWarpSize : 0);
     tuning.rowsPerThreadGroup = tuning.rowsPerThreadGroup > 0 ? tuning.rowsPerThreadGroup : kSmallTensorRowsPerGroup;
-    tuning.warpsPerBlock = tuning.warpsPerBlock > 0 ? tuning.warpsPerBlock : kSmallTensorWarpsPerBlock;
+    tuning.warpsPerBlock = tuning.warpsPerBlock > 0 ? tuning.warpsPerBlock : (half ? kMaxWarpsPerBlock : kDefaultWarpsPerBlock);
     return tuning;
 }
 
@@ -129,7 +133,7 @@ cudaError_t launchForType(
     {
         if (rows <= smallTensorRows<T>(residentWarpsOfCurrentDevice()))
         {
-            tuning = withSmallTensorDefaults(tuning);
+            tuning = withSmallTensorDefaults<T>(tuning);
         }
         else if (stageable)
         {
