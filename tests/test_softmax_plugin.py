@@ -226,6 +226,31 @@ def test_staged_path_computes_the_same(softmax_op, generator, cols, lanes, warps
     assert error <= TOLERANCE[dtype], f"relative error {error:.3g} (seed {generator.initial_seed()})"
 
 
+@pytest.mark.parametrize("path", [0, STAGED], ids=["auto", "staged"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cols", ROW_LENGTHS)
+def test_minus_infinity_entries_get_no_weight(softmax_op, generator, cols, dtype, path):
+    # Masked scores: -inf entries come out 0 and the rest is the softmax of the others. The first
+    # columns are masked in every row, so the copies of a row's first vector that the register kernel
+    # computes on past the row's end are -inf too. A row of only -inf is NaN, as in torch.softmax.
+    if path == STAGED and cols > 1024:
+        pytest.skip("the staged kernel takes rows of up to 1024")
+    x = random_input((37, cols), dtype, generator)
+    mask = torch.rand(x.shape, device="cuda", generator=generator) < 0.3
+    mask[:, :4] = True
+    mask[:, -1] = False
+    x = x.masked_fill(mask, float("-inf"))
+    x[5] = float("-inf")
+    out = poisoned_like(x)
+    torch.ops.levit_trt.softmax_tuned(x, out, 0, 0, 0, path)
+    assert torch.equal(out.isnan(), torch.softmax(x.double(), dim=-1).isnan())
+    rows = torch.ones(37, dtype=torch.bool, device="cuda")
+    rows[5] = False
+    assert (out[rows][mask[rows]] == 0).all()
+    error = relative_error(out[rows], x[rows])
+    assert error <= TOLERANCE[dtype], f"relative error {error:.3g} (seed {generator.initial_seed()})"
+
+
 def test_staged_path_refuses_misaligned_tensors(softmax_op, generator):
     x = random_input((8 * 49 + 1,), torch.float16, generator)[1:].view(8, 49)
     with pytest.raises(RuntimeError, match="kernel launch failed"):
