@@ -1,5 +1,6 @@
-"""Where odd rows should switch from a warp per row to the staged kernel: both, the dispatcher's
-choice ("auto") and torch.softmax, timed at mid-size LeViT-like tensors of 49-element rows.
+"""Where odd rows should switch from the register kernel to the staged kernel: a warp per row, a
+group sized to the row (one row each), the staged kernel, the dispatcher's choice ("auto") and
+torch.softmax, timed at mid-size LeViT-like tensors of 49-element rows.
 
 Run from the repository root on a CUDA machine after building the op:
 
