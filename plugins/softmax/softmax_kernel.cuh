@@ -35,10 +35,10 @@ namespace detail
 // dependent steps per row. Small: at most half as many rows as the GPU keeps warps resident (fp16),
 // as many (fp32, whose staged tiles gain less). fp16 takes a warp per row, fp32 groups as narrow as
 // keep 4 values a lane. Measured on an H100 (8448 resident warps; tools/softmax_dispatch_sweep.py,
-// us per call, chosen shape / staged / torch.softmax): fp16 [16,5,49,49] (3920 rows) 2.01 / 1.96 /
-// 2.14 and [16,6,49,49] 2.12 / 2.00 / 2.21; fp32 [16,6,49,49] 2.20 / 2.30 / 2.28, [16,9,49,49]
-// (7056 rows) 2.39 / 2.48 / 2.48 (a warp per row: 2.66) and [16,12,49,49] (9408 rows, staged) 2.67 /
-// 2.60 / 2.74.
+// us per call, chosen shape / staged / torch.softmax): fp16 [16,5,49,49] (3920 rows) 2.02 / 1.97 /
+// 2.15 and [16,6,49,49] 2.12 / 2.00 / 2.22; fp32 [16,6,49,49] 2.17 / 2.30 / 2.24, [16,9,49,49]
+// (7056 rows) 2.41 / 2.49 / 2.51 (a warp per row: 2.67) and [16,12,49,49] (9408 rows, staged) 2.68 /
+// 2.63 / 2.78.
 template <typename T>
 int64_t smallTensorRows(int64_t residentWarps)
 {
