@@ -23,7 +23,14 @@ def _info(args: argparse.Namespace) -> int:
     from levit_trt.backends.registry import BACKENDS, backend_class
     from levit_trt.environment import machine_info
 
+    from levit_trt.tensorrt.binding import describe_flavors
+
     print(json.dumps(machine_info(), indent=2))
+    print("\nTensorRT flavors (build with levit-trt build --flavor NAME; the backends below say where they run):")
+    for flavor, found in describe_flavors().items():
+        state = (f"installed: {found['version']} (CUDA {found['cuda'] or 'unknown'})" if found["installed"]
+                 else f"not installed: {found['reason']}")
+        print(f"  {flavor:10s} {state}")
     print("\nbackends:")
     for name in BACKENDS:
         cls = backend_class(name)
@@ -169,11 +176,12 @@ def _add_policy_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _build(args: argparse.Namespace) -> int:
-    from levit_trt.backends.tensorrt import build_engine_file
-    from levit_trt.engine_options import EngineOptions
+    from levit_trt.tensorrt.engine_file import build_engine_file
+    from levit_trt.tensorrt.options import EngineOptions
 
     options = EngineOptions(
-        precision=args.precision, min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
+        precision=args.precision, flavor=args.flavor, compute_capabilities=tuple(args.compute_capability),
+        min_batch=args.min_batch, opt_batch=args.opt_batch, max_batch=args.max_batch,
         tf32=args.tf32, opt_level=args.opt_level, workspace_mib=args.workspace_mib, timing_cache=args.timing_cache,
         int8_mode=args.int8_mode, policy=args.policy, float_op_types=tuple(args.float_op_types),
         float_nodes=tuple(args.float_nodes), calib_dir=args.calib)
@@ -184,12 +192,26 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
-    from levit_trt.engine_options import DEFAULT_BATCH_RANGE, DEFAULT_OPT_LEVEL, ENGINE_PRECISIONS, INT8_MODES
+    from levit_trt.tensorrt.options import (
+        DEFAULT_BATCH_RANGE,
+        DEFAULT_OPT_LEVEL,
+        ENGINE_PRECISIONS,
+        FLAVORS,
+        INT8_MODES,
+        RTX_TARGETS,
+    )
 
     parser = sub.add_parser("build", help="build a TensorRT engine from an ONNX file (with its layer report beside it)")
     parser.add_argument("--onnx", type=Path, required=True, help="ONNX file (levit-trt export, or levit-trt quantize)")
     parser.add_argument("--engine", type=Path, required=True, help="engine file to write; <engine>.layers.json beside it")
     parser.add_argument("--precision", choices=ENGINE_PRECISIONS, default="fp32")
+    parser.add_argument("--flavor", choices=FLAVORS, default="tensorrt",
+                        help="tensorrt: TensorRT 10/11, builds on the GPU it targets; rtx: TensorRT-RTX, builds without "
+                             "a GPU (pip install -e '.[rtx]')")
+    parser.add_argument("--compute-capability", type=lambda text: [c.strip() for c in text.split(",") if c.strip()],
+                        default=[], metavar="CC,...",
+                        help=f"RTX target compute capabilities, e.g. 80,86 (of {', '.join(RTX_TARGETS)}; default: "
+                             "RTX's own set)")
     parser.add_argument("--plugins", type=Path, nargs="+", default=[],
                         help="TensorRT plugin libraries to load (default: the softmax plugin when the ONNX uses it)")
     parser.add_argument("--min-batch", type=int, default=DEFAULT_BATCH_RANGE[0])
@@ -200,7 +222,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--timing-cache", type=Path, default=None, help="persistent tactic timing cache file")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 in fp32 layers (off by default)")
     parser.add_argument("--int8-mode", choices=INT8_MODES, default="qdq",
-                        help="qdq: explicit Q/DQ ONNX (TensorRT 10 and 11); calibrator: TensorRT 10 implicit calibration")
+                        help="qdq: explicit Q/DQ ONNX (TensorRT 10, 11 and RTX); calibrator: TensorRT 10 implicit calibration")
     _add_policy_args(parser)
     parser.add_argument("--calib", type=Path, default=None, help="calibration data from levit-trt calibrate (INT8)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="artifact cache (default: LEVIT_TRT_CACHE or ~/.cache/levit_trt)")

@@ -166,6 +166,13 @@ def standard_op_type(node: onnx.NodeProto) -> str:
     return str(node.op_type)
 
 
+def plugin_op_types(model: onnx.ModelProto) -> set[str]:
+    """The op types of the plugin-domain nodes anywhere in `model`: the main graph, nested graphs (If, Loop,
+    Scan bodies) and local functions, all of which TensorRT's parser imports."""
+    return {str(node.op_type) for node_list in _node_lists(model) for node in node_list.nodes
+            if node.domain == PLUGIN_DOMAIN}
+
+
 def replace_softmax_with_plugin(model: onnx.ModelProto) -> int:
     """Replace every last-axis Softmax in `model` (in place) with a plugin node; return how many.
 

@@ -3,8 +3,8 @@
 The one place that knows where CMake puts the libraries (`$LEVIT_TRT_PLUGIN_DIR`, else
 `<repo>/build`), what the TensorRT plugin is called (read from the C++ header that states it, so
 the ONNX rewrite and the library cannot disagree), and how to say what to do when a library is
-missing or was built for another TensorRT. It never imports tensorrt (backends/tensorrt.py does,
-and passes `trt_plugin_library()` to `registry.load_library`), and imports torch only when the
+missing or was built for another TensorRT. It never imports tensorrt (levit_trt.tensorrt does, and
+passes `trt_plugin_library()` to `registry.load_library`), and imports torch only when the
 PyTorch op is asked for, so it imports on any machine.
 """
 
@@ -16,7 +16,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -141,18 +141,22 @@ def trt_plugin_library_identity(path: Path | None = None) -> PluginIdentity:
     return PluginIdentity(*values)
 
 
-def check_trt_plugin_library(tensorrt_major: int, path: Path | None = None) -> Path:
+def check_trt_plugin_library(accepted_majors: Collection[int], path: Path | None = None,
+                             runtime: str = "this TensorRT") -> Path:
     """The plugin library's path, after checking it suits this TensorRT and this source tree.
 
-    `tensorrt_major` comes from the caller (backends/tensorrt.py reads `tensorrt.__version__`).
-    A library built for another major version would load and then fail obscurely, or crash.
+    `accepted_majors` are the TensorRT header majors the installed TensorRT loads plugins of
+    (levit_trt.tensorrt.options.plugin_header_majors: its own major; 11 for TensorRT-RTX, whose
+    plugin interfaces are TensorRT 11's). A library built for another major would load and then
+    fail obscurely, or crash.
     """
     library = path if path is not None else trt_plugin_library()
     compiled = trt_plugin_compiled_major(library)
-    if compiled != tensorrt_major:
+    if compiled not in accepted_majors:
+        wanted = " or ".join(f"{major}.x" for major in sorted(accepted_majors))
         raise PluginMismatchError(
-            f"{library} was compiled against TensorRT {compiled}.x headers but TensorRT {tensorrt_major}.x is "
-            f"installed; rebuild it against this TensorRT's headers.\n{build_instructions()}"
+            f"{library} was compiled against TensorRT {compiled}.x headers but {runtime} loads plugins built "
+            f"against TensorRT {wanted} headers; rebuild it against those headers.\n{build_instructions()}"
         )
     built = trt_plugin_library_identity(library)
     expected = softmax_plugin_identity()

@@ -16,6 +16,8 @@ BACKENDS: dict[str, str] = {
     "onnxruntime": "levit_trt.backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "levit_trt.backends.tensorrt:TensorRTBackend",
     "tensorrt-plugin": "levit_trt.backends.tensorrt:TensorRTPluginBackend",
+    "tensorrt-rtx": "levit_trt.backends.tensorrt:TensorRTRtxBackend",
+    "tensorrt-rtx-plugin": "levit_trt.backends.tensorrt:TensorRTRtxPluginBackend",
 }
 
 

@@ -12,6 +12,9 @@ The same "[ONNX Layer: <node>]" string is the metadata of each network layer bef
 (onnx-tensorrt's importerUtils.cpp `processMetadata`, which appends " | Local Function: <f>" inside
 the brackets for nodes of ONNX local functions, and names an unnamed node "node_of_<its first
 output>"), which is how the TensorRT 10 calibrator path finds the layers a policy keeps float.
+
+Where no engine can be deserialized (TensorRT-RTX on a machine without a supported GPU), the same
+per-layer facts come from the builder's DETAILED log instead (`layers_from_build_log`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ _INDEX_WORDS = ("Int32", "Int64", "Bool", "UInt8")  # shape/index tensors: not a
 _DATATYPE_PATTERN = re.compile(r"\b(" + "|".join(list(_DATATYPE_WORDS) + list(_INDEX_WORDS)) + r")\b")
 _ONNX_NODE_PATTERN = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
 _LOCAL_FUNCTION_SUFFIX = " | "  # the parser's separator before " | Local Function: <name>"
+# One line per layer in the builder's DETAILED log (TensorRT-RTX 1.7.1), after a "Layers:" line:
+# "Name: <n>, LayerType: <t>, Inputs: [ { ..., Datatype: Half, ... }], Constants: [...], Outputs: [...],
+#  TacticName: <t>, StreamId: 0, Metadata: [ONNX Layer: <node>]\x1f[ONNX Layer: ...]". Constants (weights)
+# are left out of the precision as the inspector's JSON leaves them out of Inputs.
+_LOG_LAYER_PATTERN = re.compile(
+    r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[(?P<inputs>.*?)\], Constants: \[.*?\], "
+    r"Outputs: \[(?P<outputs>.*?)\], TacticName: (?P<tactic>[^,]*),.*?Metadata: (?P<metadata>.*)$")
+_LOG_DATATYPE_PATTERN = re.compile(r"Datatype: (\w+)")
+_QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
 REFORMAT = "reformat"
 UNKNOWN = "unknown"
 INDEX = "index"
@@ -93,6 +105,46 @@ def summarize_layer_precisions(layers_json: str | Mapping[str, Any]) -> dict[str
     return {name: counts[name] for name in sorted(counts, key=lambda n: order.get(n, len(order)))}
 
 
+def layer_tactic(layer: Mapping[str, Any]) -> str | None:
+    """The tactic a layer runs: its "TacticName", else its "TacticValue" (NoOp layers carry only that); None when
+    it has neither."""
+    for key in ("TacticName", "TacticValue"):
+        value = layer.get(key)
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def layers_from_build_log(message: str) -> dict[str, Any]:
+    """The builder's per-layer log message as the inspector's JSON shape ("Layers": Name, LayerType,
+    Inputs/Outputs with "Format/Datatype", TacticName, Metadata); ValueError when no layer line is in it."""
+    layers = []
+    for line in message.splitlines():
+        match = _LOG_LAYER_PATTERN.match(line)
+        if match is None:
+            continue
+        layers.append({
+            "Name": match["name"], "LayerType": match["type"],
+            "Inputs": [{"Format/Datatype": word} for word in _LOG_DATATYPE_PATTERN.findall(match["inputs"])],
+            "Outputs": [{"Format/Datatype": word} for word in _LOG_DATATYPE_PATTERN.findall(match["outputs"])],
+            "TacticName": match["tactic"], "Metadata": match["metadata"],
+        })
+    if not layers:
+        raise ValueError("the builder's log holds no per-layer lines (was ProfilingVerbosity.DETAILED set?)")
+    return {"Layers": layers, "Source": "builder log (no engine could be deserialized here)"}
+
+
+def int8_layers_by_op_type(layers_json: str | Mapping[str, Any], node_op_types: Mapping[str, str]) -> dict[str, int]:
+    """ONNX op type -> number of layers running in INT8 that hold a node of that type (Q/DQ nodes not counted):
+    shows which ops a Q/DQ ONNX really got into INT8 (a MatMul form TensorRT keeps float shows up missing)."""
+    counts: Counter[str] = Counter()
+    for layer in _layers(layers_json):
+        if isinstance(layer, Mapping) and layer_precision(layer) == "int8":
+            op_types = {node_op_types.get(node, UNKNOWN) for node in onnx_node_names(str(layer.get("Metadata", "")))}
+            counts.update(op_types - set(_QDQ_OP_TYPES))
+    return dict(sorted(counts.items()))
+
+
 def onnx_node_names(metadata: str) -> list[str]:
     """ONNX node names the ONNX parser recorded in a layer's metadata ('[ONNX Layer: name]' entries)."""
     names = (entry.split(_LOCAL_FUNCTION_SUFFIX, 1)[0] for entry in _ONNX_NODE_PATTERN.findall(metadata or ""))
@@ -129,11 +181,15 @@ def layers_kept_float(
     return kept
 
 
-def layer_report(engine_information: str, provenance: Mapping[str, Any]) -> dict[str, Any]:
-    """The inspector's JSON plus how the engine was built and its precision summary, for layers.json."""
+def layer_report(engine_information: str, provenance: Mapping[str, Any],
+                 node_op_types: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The inspector's JSON plus how the engine was built, its precision summary and (given the ONNX's node op
+    types) its INT8 layers per op type, for layers.json."""
     data: dict[str, Any] = _parse(engine_information)
     summary = summarize_layer_precisions(data)
     data[REPORT_KEY] = {**provenance, "precision_summary": summary}
+    if node_op_types is not None:
+        data[REPORT_KEY]["int8_layers_by_op_type"] = int8_layers_by_op_type(data, node_op_types)
     return data
 
 

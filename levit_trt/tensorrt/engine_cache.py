@@ -1,10 +1,10 @@
 """TensorRT engines without TensorRT: which ONNX to parse, the engine cache, calibration caches, engine files.
 
 Everything here is plain Python, so each decision is unit-tested on a CPU machine with a fake
-`EngineBuilder`; `levit_trt.backends.tensorrt.TensorRTBuilder` is the real one and only carries a
-`BuildJob` out. An engine is built once per manifest (`engine_options.engine_manifest`: TensorRT
-version, GPU, ONNX sha256, options, plugin hashes, INT8 source) into a cache entry holding
-`engine.plan`, `layers.json` (the layer report) and `manifest.json`.
+`EngineBuilder`; `levit_trt.tensorrt.builder.TensorRTBuilder` is the real one and only carries a
+`BuildJob` out. An engine is built once per manifest (`options.engine_manifest`: flavor, TensorRT
+version and wheel CUDA, GPU or RTX targets, ONNX sha256, options, plugin hashes, INT8 source) into a
+cache entry holding `engine.plan`, `layers.json` (the layer report) and `manifest.json`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from levit_trt.cache import atomic_outputs, cache_key, cached_build, canonical_json, read_manifest
 from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
-from levit_trt.engine_options import (
+from levit_trt.tensorrt.options import (
     BuildPlan,
     EngineOptions,
+    Flavor,
     GpuIdentity,
     Int8Mode,
     Int8Source,
@@ -31,9 +32,9 @@ from levit_trt.engine_options import (
     check_gpu_precision,
     engine_manifest,
     plan_build,
-    tensorrt_major,
+    plan_major,
 )
-from levit_trt.engine_report import (
+from levit_trt.tensorrt.layer_report import (
     LAYERS_FILENAME,
     REPORT_KEY,
     layer_report,
@@ -44,8 +45,9 @@ from levit_trt.engine_report import (
     write_layer_report,
 )
 from levit_trt.export import QDQ_OP_TYPES, load_onnx, onnx_content_sha256
-from levit_trt.plugins import TRT_PLUGIN_LIBRARY_NAME, library_sha256, softmax_plugin_identity, trt_plugin_library
+from levit_trt.plugins import library_sha256, softmax_plugin_identity
 from levit_trt.precision_policy import DEFAULT_POLICY
+from levit_trt.tensorrt.plugin_libraries import plugin_libraries_for, uses_plugins
 
 if TYPE_CHECKING:
     import onnx
@@ -141,25 +143,6 @@ def onnx_form(model: onnx.ModelProto) -> OnnxForm:
     return "fp32"
 
 
-def uses_softmax_plugin(model: onnx.ModelProto) -> bool:
-    """Whether the graph has nodes of the softmax plugin's domain (export --softmax-plugin)."""
-    from levit_trt.onnx_rewrites import PLUGIN_DOMAIN
-
-    return any(node.domain == PLUGIN_DOMAIN for node in model.graph.node)
-
-
-def plugin_libraries_for(model: onnx.ModelProto, given: Sequence[Path]) -> tuple[Path, ...]:
-    """The plugin libraries to load before parsing: those given, and the softmax plugin when the graph uses it
-    (unless a library of that name is among those given)."""
-    missing = [str(path) for path in given if not Path(path).is_file()]
-    if missing:
-        raise FileNotFoundError(f"plugin library not found: {', '.join(missing)}")
-    libraries = [Path(path).resolve() for path in given]
-    if uses_softmax_plugin(model) and not any(path.name == TRT_PLUGIN_LIBRARY_NAME for path in libraries):
-        libraries.append(trt_plugin_library().resolve())
-    return tuple(dict.fromkeys(libraries))
-
-
 def onnx_input_shape(model: onnx.ModelProto) -> tuple[int, ...]:
     """The input's dimensions after the batch, e.g. (3, 224, 224); ValueError unless they are fixed."""
     dims = model.graph.input[0].type.tensor_type.shape.dim
@@ -235,7 +218,7 @@ class GivenOnnx:
     @classmethod
     def read(cls, path: Path) -> GivenOnnx:
         model = load_onnx(path)
-        return cls(Path(path), onnx_form(model), uses_softmax_plugin(model))
+        return cls(Path(path), onnx_form(model), uses_plugins(model))
 
     @property
     def form_hint(self) -> OnnxForm:
@@ -250,8 +233,8 @@ class GivenOnnx:
             return self.path
         if form == "qdq" and self.form == "fp32":
             if self.softmax_plugin:
-                raise ValueError(f"{self.path} uses the softmax plugin, which the quantizer cannot run; quantize the "
-                                 "ONNX exported without --softmax-plugin")
+                raise ValueError(f"{self.path} uses a levit_trt plugin, which the quantizer cannot run; quantize the "
+                                 "ONNX exported without plugins")
             assert int8 is not None, "cached_engine loads the INT8 inputs for a Q/DQ plan"
             return int8.quantize(self.path, int8.calibration, int8.policy, cache_dir)
         advice = {
@@ -311,18 +294,26 @@ class BuildJob:
 @dataclass(frozen=True)
 class BuiltEngine:
     serialized: bytes
-    engine_information: str  # IEngineInspector JSON (ProfilingVerbosity.DETAILED)
+    # IEngineInspector JSON (ProfilingVerbosity.DETAILED), or the same shape read from the builder's log
+    # where no engine can be deserialized (layer_report.layers_from_build_log)
+    engine_information: str
     calibration_cache: bytes | None = None  # what the entropy calibrator wrote, if it ran
 
 
 class EngineBuilder(Protocol):
-    """Builds serialized engines for one TensorRT version and GPU."""
+    """Builds serialized engines for one TensorRT flavor and version, and one GPU (None: RTX's targets)."""
+
+    @property
+    def flavor(self) -> Flavor: ...
 
     @property
     def tensorrt_version(self) -> str: ...
 
     @property
-    def gpu(self) -> GpuIdentity: ...
+    def cuda_major(self) -> str | None: ...
+
+    @property
+    def gpu(self) -> GpuIdentity | None: ...
 
     def build(self, job: BuildJob) -> BuiltEngine: ...
 
@@ -378,10 +369,13 @@ def cached_engine(
     A failing build (bad ONNX, missing plugin, TensorRT error) leaves no entry. `int8` loads the
     calibration set and policy, and is called only when an INT8 build needs them.
     """
+    if options.flavor != builder.flavor:
+        raise ValueError(f"EngineOptions.flavor={options.flavor!r}, but the builder is {builder.flavor!r}")
     if onnx.form_hint == "fp16" and options.precision == "fp16" and options.strongly_typed == "auto":
         options = dataclasses.replace(options, strongly_typed=True)  # an fp16 ONNX carries its precision itself
-    plan = plan_build(options, tensorrt_major(builder.tensorrt_version))
-    check_gpu_precision(options.precision, builder.gpu)
+    plan = plan_build(options, plan_major(options.flavor, builder.tensorrt_version))
+    if builder.gpu is not None:
+        check_gpu_precision(options.precision, builder.gpu)
     inputs: Int8Inputs | None = None
     if options.precision == "int8" and not (plan.onnx_form == "qdq" and onnx.prequantized):
         if int8 is None:
@@ -397,13 +391,14 @@ def cached_engine(
     manifest = engine_manifest(
         tensorrt_version=builder.tensorrt_version, gpu=builder.gpu, onnx_sha256=onnx_sha256, options=options,
         plugin_sha256={path.name: library_sha256(path) for path in libraries}, int8=int8_source,
+        cuda_major=builder.cuda_major,
     )
 
     def build(directory: Path) -> None:
         calibration: CalibrationJob | None = None
         calib_manifest: dict[str, Any] | None = None
         if plan.calibrate:
-            assert inputs is not None
+            assert inputs is not None and builder.gpu is not None, "only TensorRT 10 (on a GPU) calibrates"
             calib_manifest = calibration_manifest(
                 tensorrt_version=builder.tensorrt_version, gpu=builder.gpu, onnx_sha256=onnx_sha256,
                 calibration=inputs.calibration.identity, calib_batch=options.calib_batch)
@@ -419,7 +414,8 @@ def cached_engine(
             "calibration_cache": None if calibration is None else ("reused" if calibration.cache else "computed"),
             "manifest": manifest,
         }
-        write_layer_report(directory / LAYERS_FILENAME, layer_report(built.engine_information, provenance))
+        write_layer_report(directory / LAYERS_FILENAME,
+                           layer_report(built.engine_information, provenance, onnx_node_op_types(model)))
         if calibration is not None and calibration.cache is None and built.calibration_cache:
             assert calib_manifest is not None
             data = built.calibration_cache
@@ -459,6 +455,25 @@ def _calibration_job(inputs: Int8Inputs, model: onnx.ModelProto, batch_size: int
         float_op_types=frozenset(inputs.policy.float_op_types),
         float_node_names=frozenset(inputs.policy.float_nodes(model)),
     )
+
+
+def check_engine_flavor(engine_path: Path, flavor: Flavor) -> None:
+    """ValueError unless the manifest that came with an engine file (its cache entry's, or the layer report beside a
+    user-named file) says `flavor` built it: a TensorRT engine given to TensorRT-RTX, or the reverse, is refused
+    before its bytes reach a runtime that would misread them."""
+    path = Path(engine_path)
+    manifest: Any = read_manifest(path.parent) if path.name == ENGINE_FILENAME else None
+    if manifest is None:
+        try:
+            manifest = read_layer_report(layer_report_path(path))[REPORT_KEY].get("manifest")
+        except (ValueError, KeyError):
+            manifest = None
+    if not isinstance(manifest, Mapping) or "flavor" not in manifest:
+        raise ValueError(f"{path}: no levit_trt manifest beside it (manifest.json or {layer_report_path(path).name}), "
+                         "so its TensorRT flavor is unknown; build it with levit-trt build")
+    if manifest["flavor"] != flavor:
+        raise ValueError(f"{path} was built by the {manifest['flavor']} flavor ({manifest.get('tensorrt')}), not "
+                         f"{flavor}; load it with --flavor {manifest['flavor']} or rebuild it")
 
 
 def write_engine_file(engine: CachedEngine, engine_path: Path) -> Path:

@@ -1,7 +1,12 @@
-"""What a TensorRT engine is built from and how: options, the TensorRT 10/11 build plan, cache manifests.
+"""What a TensorRT engine is built from and how: options, the TensorRT 10/11/RTX build plan, cache manifests.
 
 Pure Python (no tensorrt import), so every decision here is unit-tested on a CPU machine;
-`levit_trt.backends.tensorrt` only carries the plan out.
+`levit_trt.tensorrt.builder` only carries the plan out.
+
+TensorRT-RTX (flavor "rtx", module tensorrt_rtx 1.7) has TensorRT 11's typing: networks are always
+strongly typed and BuilderFlag has no FP16/INT8, and there is no IInt8Calibrator, so it plans as
+TensorRT 11 does (`plan_major`). It builds ahead of time for target compute capabilities
+(IBuilderConfig.set_compute_capability) rather than for the GPU at hand.
 
 TensorRT 10 vs 11, read from the C++ headers in shared/tensorrt-headers/{10.13,11.1}/NvInfer.h:
 - 10.13 marks BuilderFlag kFP16, kINT8, kOBEY_PRECISION_CONSTRAINTS "deprecated in 10.12,
@@ -26,16 +31,27 @@ from typing import Any, Literal
 from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
 from levit_trt.precision_policy import DEFAULT_POLICY, POLICIES
 
+Flavor = Literal["tensorrt", "rtx"]
 EnginePrecision = Literal["fp32", "fp16", "int8"]
 Int8Mode = Literal["qdq", "calibrator"]
 OnnxForm = Literal["fp32", "fp16", "qdq"]
 
+FLAVORS: tuple[str, ...] = ("tensorrt", "rtx")
 ENGINE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
+# The members of tensorrt_rtx.ComputeCapability (1.7.1: SM75, SM80, SM86, SM89, SM120, SM121), as
+# "--compute-capability" spells them. RTX itself may still refuse a target for a network (SM75: "FP32
+# GEMM is not supported"), which the build reports.
+RTX_TARGETS: tuple[str, ...] = ("75", "80", "86", "89", "120", "121")
+# Where TensorRT-RTX 1.7's runtime runs without explicit targets (its support matrix): not on 9.x or 10.x.
+RTX_RUNTIME_COMPUTE_CAPABILITIES: tuple[str, ...] = ("8.0", "8.6", "8.9", "12.0", "12.1")
+# The TensorRT major version whose plugin headers RTX takes: its IPluginV3 interfaces are TensorRT 11's
+# (measured: a softmax plugin built against the 11.1 headers loads and builds under tensorrt_rtx 1.7.1).
+RTX_PLUGIN_HEADER_MAJOR = 11
 INT8_MODES: tuple[str, ...] = ("qdq", "calibrator")
 # EngineOptions fields that only shape INT8 engines.
 INT8_FIELDS = ("int8_mode", "policy", "float_op_types", "float_nodes", "calib_images", "calib_batch")
 # Bump when the build code changes in a way that changes the engines it produces.
-ENGINE_RECIPE_VERSION = 1
+ENGINE_RECIPE_VERSION = 2
 # TensorRT's own limits for IBuilderConfig::setBuilderOptimizationLevel (NvInfer.h: "0 to 5",
 # default 3). Only the range's ends come from there.
 OPT_LEVEL_RANGE = (0, 5)
@@ -56,9 +72,13 @@ class EngineOptions:
     Q/DQ ONNX (`int8_mode="qdq"`, TensorRT 10 and 11) or from TensorRT 10's implicit entropy
     calibration (`"calibrator"`); `policy`, `float_op_types` and `float_nodes` say which nodes stay
     float in either path. `calib_dir=None` means `calib_images` synthetic calibration images.
+    `flavor` picks TensorRT or TensorRT-RTX; `compute_capabilities` are RTX's build targets
+    (RTX_TARGETS; empty: RTX's default set).
     """
 
     precision: EnginePrecision = "fp32"
+    flavor: Flavor = "tensorrt"
+    compute_capabilities: tuple[str, ...] = ()
     min_batch: int = DEFAULT_BATCH_RANGE[0]
     opt_batch: int = DEFAULT_BATCH_RANGE[1]
     max_batch: int = DEFAULT_BATCH_RANGE[2]
@@ -79,6 +99,18 @@ class EngineOptions:
         def bad(field: str, message: str) -> ValueError:
             return ValueError(f"EngineOptions.{field}: {message}")
 
+        if self.flavor not in FLAVORS:
+            raise bad("flavor", f"must be one of {', '.join(FLAVORS)}, got {self.flavor!r}")
+        if isinstance(self.compute_capabilities, str) or not all(isinstance(c, str) for c in self.compute_capabilities):
+            raise bad("compute_capabilities", f"must be a tuple of strings such as '86', got {self.compute_capabilities!r}")
+        object.__setattr__(self, "compute_capabilities", tuple(self.compute_capabilities))
+        if self.compute_capabilities and self.flavor != "rtx":
+            raise bad("compute_capabilities", "target compute capabilities are a TensorRT-RTX choice; use flavor='rtx' "
+                                              "(TensorRT builds for the GPU it runs on)")
+        unknown = [c for c in self.compute_capabilities if c not in RTX_TARGETS]
+        if unknown:
+            raise bad("compute_capabilities", f"TensorRT-RTX has no target {', '.join(unknown)}; valid targets: "
+                                              f"{', '.join(RTX_TARGETS)}")
         if self.precision not in ENGINE_PRECISIONS:
             raise bad("precision", f"must be one of {', '.join(ENGINE_PRECISIONS)}, got {self.precision!r}")
         for name in ("min_batch", "opt_batch", "max_batch", "calib_images", "calib_batch"):
@@ -126,6 +158,7 @@ class EngineOptions:
         """
         fields = dataclasses.asdict(self)
         del fields["timing_cache"], fields["calib_dir"], fields["calib_images"]
+        fields["compute_capabilities"] = sorted(set(self.compute_capabilities), key=int)
         if self.precision == "int8":
             fields["float_op_types"] = sorted(self.float_op_types)
             fields["float_nodes"] = sorted(self.float_nodes)
@@ -158,6 +191,24 @@ def tensorrt_major(version: str) -> int:
         return int(version.split(".")[0])
     except ValueError as error:
         raise ValueError(f"cannot read a TensorRT version from {version!r}") from error
+
+
+def plan_major(flavor: Flavor, version: str) -> int:
+    """The TensorRT major version whose rules a build follows: TensorRT-RTX's are TensorRT 11's."""
+    return 11 if flavor == "rtx" else tensorrt_major(version)
+
+
+def plugin_header_majors(flavor: Flavor, version: str) -> tuple[int, ...]:
+    """The TensorRT header majors a plugin library may be compiled against to load into this flavor and version."""
+    return (RTX_PLUGIN_HEADER_MAJOR,) if flavor == "rtx" else (tensorrt_major(version),)
+
+
+def rtx_runtime_problem(compute_capability: str) -> str | None:
+    """Why TensorRT-RTX cannot run engines on a GPU of this compute capability ('9.0'), or None where it can."""
+    if compute_capability in RTX_RUNTIME_COMPUTE_CAPABILITIES:
+        return None
+    return (f"TensorRT-RTX does not run on compute capability {compute_capability} (it runs on "
+            f"{', '.join(RTX_RUNTIME_COMPUTE_CAPABILITIES)}: A100, A10, L4/L40, RTX 30/40/50); use the tensorrt flavor")
 
 
 def plan_build(options: EngineOptions, trt_major: int) -> BuildPlan:
@@ -262,22 +313,28 @@ def check_gpu_precision(precision: str, gpu: GpuIdentity) -> None:
 def engine_manifest(
     *,
     tensorrt_version: str,
-    gpu: GpuIdentity,
+    gpu: GpuIdentity | None,
     onnx_sha256: str,
     options: EngineOptions,
     plugin_sha256: dict[str, str] | None = None,
     int8: Int8Source | None = None,
+    cuda_major: str | None = None,
 ) -> dict[str, Any]:
     """Every input of an engine build: a cached engine is reused only when all of it matches.
 
     The full TensorRT version (not only the major) is included because serialized engines are
-    only guaranteed to load in the exact version that built them.
+    only guaranteed to load in the exact version that built them; `cuda_major` is the CUDA of its
+    wheel (cu12 and cu13 wheels report one version). `gpu` is None for TensorRT-RTX, whose engines
+    are built for the target compute capabilities in the options, not for the GPU at hand; the
+    flavor and the targets enter through the options.
     """
     return {
         "artifact": "tensorrt-engine",
         "recipe": ENGINE_RECIPE_VERSION,
+        "flavor": options.flavor,
         "tensorrt": tensorrt_version,
-        "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+        "tensorrt_cuda": cuda_major,
+        "gpu": None if gpu is None else {"name": gpu.name, "compute_capability": gpu.compute_capability},
         "onnx_sha256": onnx_sha256,
         "options": options.manifest_fields(),
         "plugins": [{"library": name, "sha256": digest} for name, digest in sorted((plugin_sha256 or {}).items())],
