@@ -78,9 +78,9 @@ def softmax_function(case: SoftmaxCase) -> Callable[[torch.Tensor], torch.Tensor
     if "tensorrt" not in module_versions():
         pytest.skip("TensorRT is not installed (no tensorrt distribution; pip install tensorrt)")
     try:
-        from levit_trt.backends.tensorrt import softmax_engine
+        from levit_trt.tensorrt.softmax_engine import softmax_engine
     except ImportError as error:
-        pytest.skip(f"levit_trt.backends.tensorrt.softmax_engine is not available: {error}")
+        pytest.skip(f"levit_trt.tensorrt.softmax_engine is not available: {error}")
     try:
         return softmax_engine(case.shape, DTYPES[case.precision], use_plugin=case.implementation == "tensorrt-plugin")
     except (BackendUnavailable, PluginNotBuiltError) as error:

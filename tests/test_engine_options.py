@@ -13,7 +13,7 @@ import pytest
 from levit_trt import plugins
 from levit_trt.cache import cache_key
 from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
-from levit_trt.engine_options import (
+from levit_trt.tensorrt.options import (
     DEFAULT_BATCH_RANGE,
     INT8_FIELDS,
     BuildPlan,
@@ -190,7 +190,7 @@ OTHER_VALUES: dict[str, Any] = {
     "precision": "fp16", "min_batch": 2, "opt_batch": 8, "max_batch": 32, "tf32": True, "opt_level": 5,
     "workspace_mib": 512, "timing_cache": Path("t.cache"), "strongly_typed": True, "int8_mode": "calibrator",
     "policy": "all-int8", "float_op_types": ("Softmax",), "float_nodes": ("node_1",), "calib_dir": Path("calib"),
-    "calib_images": 64, "calib_batch": 8,
+    "calib_images": 64, "calib_batch": 8, "flavor": "rtx",
 }
 # A speed-up file; where the calibration images come from and how many, whose content is keyed via
 # Int8Source.calibration; and the calibrator's batch size, which the Q/DQ path does not read.
@@ -198,7 +198,28 @@ NOT_IN_KEY = {"timing_cache", "calib_dir", "calib_images", "calib_batch"}
 
 
 def test_other_values_cover_every_option_field() -> None:
-    assert set(OTHER_VALUES) == {f.name for f in dataclasses.fields(EngineOptions)}
+    # compute_capabilities needs flavor="rtx": test_rtx_targets_change_the_key covers it
+    assert set(OTHER_VALUES) | {"compute_capabilities"} == {f.name for f in dataclasses.fields(EngineOptions)}
+
+
+def test_rtx_targets_change_the_key_and_their_order_does_not() -> None:
+    rtx = EngineOptions(flavor="rtx")
+    keys = {cache_key(manifest(options=dataclasses.replace(rtx, compute_capabilities=targets), gpu=None))
+            for targets in ((), ("86",), ("80", "86"))}
+    assert len(keys) == 3
+    assert (cache_key(manifest(options=dataclasses.replace(rtx, compute_capabilities=("86", "80")), gpu=None))
+            in keys)
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"compute_capabilities": ("86",)}, "TensorRT-RTX choice"),
+    ({"flavor": "rtx", "compute_capabilities": ("90",)}, "no target 90"),
+    ({"flavor": "rtx", "compute_capabilities": "86"}, "tuple of strings"),
+    ({"flavor": "tensorrt-rtx"}, "must be one of tensorrt, rtx"),
+])
+def test_bad_flavor_or_targets_name_the_field(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EngineOptions(**changes)
 
 
 @pytest.mark.parametrize("field", sorted(OTHER_VALUES))
@@ -233,8 +254,9 @@ def test_int8_only_options_leave_an_fp32_key_alone(field: str) -> None:
         {"onnx_sha256": "b" * 64},
         {"plugin_sha256": {"liblevit_softmax_trt.so": "c" * 64}},
         {"int8": INT8},
+        {"cuda_major": "13"},
     ],
-    ids=["tensorrt-version", "gpu-name", "compute-capability", "onnx", "plugin", "int8-source"],
+    ids=["tensorrt-version", "gpu-name", "compute-capability", "onnx", "plugin", "int8-source", "wheel-cuda"],
 )
 def test_each_build_input_changes_the_key(changes: dict[str, Any]) -> None:
     assert cache_key(manifest(**changes)) != cache_key(manifest())

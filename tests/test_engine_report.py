@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from onnx import TensorProto, helper
 
-from levit_trt.engine_report import (
+from levit_trt.tensorrt.layer_report import (
     REPORT_KEY,
     layer_precision,
     layer_report,

@@ -23,9 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 from levit_trt import plugins
 from levit_trt.cache import MANIFEST_NAME, cache_key
 from levit_trt.cli import main
-from levit_trt.engine_options import EngineOptions, GpuIdentity
-from levit_trt.engine_report import REPORT_KEY, layer_report_path, read_layer_report
-from levit_trt.engines import (
+from levit_trt.tensorrt.options import EngineOptions, Flavor, GpuIdentity
+from levit_trt.tensorrt.layer_report import REPORT_KEY, layer_report_path, read_layer_report
+from levit_trt.tensorrt.engine_cache import (
     CALIBRATION_KIND,
     ENGINE_KIND,
     PREQUANTIZED_POLICY,
@@ -85,7 +85,9 @@ class FakeBuilder:
     """An EngineBuilder that records each job; its 'engine' names the ONNX it was parsed from."""
 
     tensorrt_version: str = "10.13.0.35"
-    gpu: GpuIdentity = field(default_factory=lambda: GpuIdentity("Fake GPU", "8.9"))
+    flavor: Flavor = "tensorrt"
+    cuda_major: str | None = "12"
+    gpu: GpuIdentity | None = field(default_factory=lambda: GpuIdentity("Fake GPU", "8.9"))
     fail: bool = False
     jobs: list[BuildJob] = field(default_factory=list)
     float_layers: list[list[int]] = field(default_factory=list)
@@ -471,7 +473,7 @@ def test_int8_without_calibration_inputs_is_an_error(onnx_files: dict[str, Path]
 
 
 def test_cli_int8_from_fp32_onnx_without_calib_dir(onnx_files: dict[str, Path]) -> None:
-    from levit_trt.engines import int8_inputs_loader
+    from levit_trt.tensorrt.engine_cache import int8_inputs_loader
 
     loader = int8_inputs_loader(EngineOptions(precision="int8"), variant=None)
     with pytest.raises(ValueError, match="needs calibration images: pass --calib DIR"):
@@ -614,12 +616,11 @@ def test_cli_build_of_a_missing_onnx(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_cli_build_without_tensorrt_says_why(onnx_files: dict[str, Path], tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from levit_trt.backends.base import BackendUnavailable
-    from levit_trt.backends.tensorrt import require_tensorrt
+    from levit_trt.tensorrt.binding import TensorRTNotInstalled, tensorrt_version
 
     try:
-        require_tensorrt()
-    except BackendUnavailable as error:
+        tensorrt_version("tensorrt")
+    except TensorRTNotInstalled as error:
         reason = str(error)
     else:
         pytest.skip("TensorRT is installed here; tests/test_tensorrt_backend.py runs levit-trt build")
@@ -635,7 +636,7 @@ def test_cli_build_without_tensorrt_says_why(onnx_files: dict[str, Path], tmp_pa
 def test_calibration_set_of_another_variant_is_refused(tmp_path: Path) -> None:
     from levit_trt.calibration import CalibrationError, write_calibration_set
     from levit_trt.data import write_synthetic_imagenet
-    from levit_trt.engines import int8_inputs_loader
+    from levit_trt.tensorrt.engine_cache import int8_inputs_loader
     from levit_trt.variants import resolve_variant
 
     root = write_synthetic_imagenet(tmp_path / "imagenet", num_classes=1, images_per_class=1, split="train")
@@ -650,7 +651,7 @@ def test_real_int8_inputs_reach_the_builder(tmp_path: Path, cache: Path) -> None
     """levit_128s through int8_inputs_loader: real synthetic calibration, the default policy and the
     ONNX Runtime quantizer feed both INT8 plans (only TensorRT itself is faked)."""
     from levit_trt.backends.base import ModelSource
-    from levit_trt.engines import int8_inputs_loader
+    from levit_trt.tensorrt.engine_cache import int8_inputs_loader
     from levit_trt.precision_policy import resolve_policy
     from levit_trt.quantize import int8_nodes
     from levit_trt.variants import resolve_variant

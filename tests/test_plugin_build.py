@@ -93,9 +93,9 @@ def test_trt_plugin_builds_against_headers(tmp_path, version):
         assert hasattr(handle, symbol), f"{library.name} does not export {symbol}"
     assert plugins.trt_plugin_compiled_major(library) == header_major(headers)
     assert plugins.trt_plugin_library_identity(library) == plugins.softmax_plugin_identity()
-    plugins.check_trt_plugin_library(header_major(headers), library)
+    plugins.check_trt_plugin_library((header_major(headers),), library)
     with pytest.raises(plugins.PluginMismatchError, match="rebuild"):
-        plugins.check_trt_plugin_library(header_major(headers) + 1, library)
+        plugins.check_trt_plugin_library((header_major(headers) + 1,), library)
 
 
 def test_torch_op_builds_and_registers(tmp_path):

@@ -1,4 +1,4 @@
-"""How the TensorRT backend reports errors, on a CPU machine: the pure-Python parts of backends/tensorrt.py.
+"""How the TensorRT package reports errors, on a CPU machine: the pure-Python parts of levit_trt.tensorrt.
 
 The TensorRT logger keeps a bounded number of recent errors for exception messages; a calibration
 data error, which TensorRT only sees as "no more batches", is raised in place of the build failure
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import pytest
 
-from levit_trt.backends.tensorrt import _calibration_errors_first, _CalibrationResult, _ErrorLog
+from levit_trt.tensorrt.binding import ErrorLog
+from levit_trt.tensorrt.calibrator import CalibrationResult, calibration_errors_first
 
 
 def test_error_log_quotes_the_errors_since_a_mark_and_keeps_only_the_recent_ones() -> None:
-    log = _ErrorLog(limit=3)
+    log = ErrorLog(limit=3)
     assert log.since(log.mark()) == "no error was logged"
     log.append("first")
     mark = log.mark()
@@ -27,19 +28,19 @@ def test_error_log_quotes_the_errors_since_a_mark_and_keeps_only_the_recent_ones
 
 
 def test_calibration_error_replaces_the_build_failure_it_caused() -> None:
-    result = _CalibrationResult()
-    with pytest.raises(ValueError, match="calibration batch 3 is float16") as raised, _calibration_errors_first(result):
+    result = CalibrationResult()
+    with pytest.raises(ValueError, match="calibration batch 3 is float16") as raised, calibration_errors_first(result):
         result.error = ValueError("calibration batch 3 is float16")
         raise RuntimeError("TensorRT could not build an engine: no error was logged")
     assert isinstance(raised.value.__context__, RuntimeError)  # the build failure stays attached
 
 
 def test_calibration_error_is_raised_after_a_build_that_succeeded() -> None:
-    result = _CalibrationResult()
-    with pytest.raises(ValueError, match="bad batch"), _calibration_errors_first(result):
+    result = CalibrationResult()
+    with pytest.raises(ValueError, match="bad batch"), calibration_errors_first(result):
         result.error = ValueError("bad batch")  # TensorRT calibrated on the batches before it
 
 
 def test_build_failure_without_a_calibration_error_is_raised_as_it_is() -> None:
-    with pytest.raises(RuntimeError, match="could not build"), _calibration_errors_first(_CalibrationResult()):
+    with pytest.raises(RuntimeError, match="could not build"), calibration_errors_first(CalibrationResult()):
         raise RuntimeError("could not build")

@@ -36,7 +36,7 @@ _KEPT_ERRORS = 64
 BUILD_LOG_LAYERS_HEADER = "Layers:\n"
 
 
-class TensorRTNotInstalled(ImportError):
+class TensorRTNotInstalled(RuntimeError):
     """The flavor's Python module cannot be imported; the message says what to install."""
 
 
