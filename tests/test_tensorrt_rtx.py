@@ -1,0 +1,221 @@
+"""TensorRT-RTX's ONNX parser and builder, run for real (no GPU needed): LeViT-128S fp32, fp16, Q/DQ INT8 and
+softmax-plugin ONNX parse, build and serialize through `levit-trt build --flavor rtx`, with layer reports,
+engine-cache behaviour and the bad inputs each a clear error that leaves no cache entry.
+
+Skipped with the reason where tensorrt_rtx is not installed (pip install -e ".[rtx]") or, for the plugin
+cases, where the plugin library is not built against the TensorRT 11 headers. Running an engine needs a GPU
+RTX supports: those tests are in test_tensorrt_backend.py. Builds use a small batch profile (1/2/4).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from levit_trt.backends.base import ModelSource
+from levit_trt.cli import main
+from levit_trt.export import ExportOptions
+from levit_trt.plugins import PluginNotBuiltError, trt_plugin_compiled_major, trt_plugin_library
+from levit_trt.tensorrt.engine_cache import ENGINE_KIND, check_engine_flavor
+from levit_trt.tensorrt.layer_report import REPORT_KEY, layer_report_path, onnx_node_names, read_layer_report
+from levit_trt.variants import resolve_variant
+from levit_trt.weights import parse_weights
+
+pytestmark = pytest.mark.tensorrt
+
+PROFILE = ["--min-batch", "1", "--opt-batch", "2", "--max-batch", "4"]
+
+
+@pytest.fixture(scope="session")
+def rtx() -> None:
+    from levit_trt.tensorrt.binding import TensorRTNotInstalled, tensorrt_version
+
+    try:
+        tensorrt_version("rtx")
+    except TensorRTNotInstalled as error:
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="session")
+def onnx_128s(cache_dir: Path, rtx: None) -> dict[str, Path]:
+    """LeViT-128S (random weights) as the four ONNX forms, exported and quantized once per cache."""
+    from levit_trt.tensorrt.engine_cache import load_int8_inputs
+
+    source = ModelSource(resolve_variant("128S"), parse_weights("random"), cache_dir)
+    fp32 = source.onnx_path(ExportOptions())
+    inputs = load_int8_inputs(variant=source.variant, calib_images=8)
+    return {"fp32": fp32, "fp16": source.onnx_path(ExportOptions(precision="fp16")),
+            "qdq": inputs.quantize(fp32, inputs.calibration, inputs.policy, cache_dir),
+            "plugin": source.onnx_path(ExportOptions(softmax_plugin=True))}
+
+
+@pytest.fixture(scope="session")
+def plugin_library(rtx: None) -> Path:
+    try:
+        library = trt_plugin_library()
+    except PluginNotBuiltError as error:
+        pytest.skip(str(error))
+    if trt_plugin_compiled_major(library) != 11:
+        pytest.skip(f"{library} is not built against the TensorRT 11 headers, which TensorRT-RTX takes")
+    return library
+
+
+def build(onnx_path: Path, engine: Path, cache: Path, *extra: str) -> int:
+    return main(["build", "--onnx", str(onnx_path), "--engine", str(engine), "--flavor", "rtx", "--cache-dir",
+                 str(cache), *PROFILE, *extra])
+
+
+def engine_entries(cache: Path) -> list[Path]:
+    return sorted(path for path in (cache / ENGINE_KIND).glob("*") if path.is_dir()) if (cache / ENGINE_KIND).is_dir() else []
+
+
+@pytest.mark.parametrize(("form", "precision", "expected"), [
+    ("fp32", "fp32", "fp32"), ("fp16", "fp16", "fp16"), ("qdq", "int8", "int8"), ("plugin", "fp32", "fp32")])
+def test_rtx_builds_each_onnx_form_with_its_layer_report(onnx_128s: dict[str, Path], tmp_path: Path, form: str,
+                                                         precision: str, expected: str, request: pytest.FixtureRequest,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    if form == "plugin":
+        request.getfixturevalue("plugin_library")
+    engine = tmp_path / "levit.plan"
+    assert build(onnx_128s[form], engine, tmp_path / "cache", "--precision", precision) == 0, capsys.readouterr().err
+    assert engine.stat().st_size > 1 << 20  # weights alone are MiBs
+    report = read_layer_report(layer_report_path(engine))
+    ours = report[REPORT_KEY]
+    assert ours["manifest"]["flavor"] == "rtx" and ours["manifest"]["tensorrt_cuda"] == "13"
+    summary = ours["precision_summary"]
+    assert summary[expected] > 0
+    # strongly typed: the ONNX alone decides; no layer in a precision the ONNX does not have
+    assert not {"fp16", "int8"} - {expected} & {name for name, count in summary.items() if count}
+    layers = report["Layers"]
+    # most layers name the ONNX nodes they came from (RTX's own sync and layout kernels do not)
+    assert sum(bool(onnx_node_names(layer["Metadata"])) for layer in layers) > len(layers) // 2
+    if form == "plugin":
+        assert any(layer["LayerType"] == "custom_layer" for layer in layers)
+        assert [entry["library"] for entry in ours["manifest"]["plugins"]] == ["liblevit_softmax_trt.so"]
+    if form == "qdq":
+        by_type = ours["int8_layers_by_op_type"]
+        assert by_type.get("Conv", 0) > 0 and by_type.get("MatMul", 0) > 0, by_type
+        # The default policy keeps Softmax and the hard activations float: where such a node sits in an INT8 layer,
+        # it is fused there with a Q/DQ node (the kernel computes it in float and quantizes at its edge); no layer
+        # of kept nodes alone runs in INT8.
+        op_types = {node.name: node.op_type for node in onnx.load(str(onnx_128s["qdq"])).graph.node}
+        kept_types = {"Softmax", "HardSwish", "HardSigmoid"}
+        int8_layer_types = [{op_types.get(node) for node in onnx_node_names(layer["Metadata"])}
+                            for layer in layers if layer_precision_of(layer) == "int8"]
+        assert any(types & kept_types for types in int8_layer_types)
+        assert all(types & {"QuantizeLinear", "DequantizeLinear"} for types in int8_layer_types if types & kept_types)
+
+
+def layer_precision_of(layer: dict[str, object]) -> str:
+    from levit_trt.tensorrt.layer_report import layer_precision
+
+    return layer_precision(layer)  # type: ignore[arg-type]
+
+
+def test_second_build_is_a_cache_hit_and_a_changed_option_rebuilds(onnx_128s: dict[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from levit_trt.tensorrt import build_process
+
+    builds: list[Path] = []
+    real = build_process.build_in_child
+    monkeypatch.setattr(build_process, "build_in_child", lambda job, cache: builds.append(job.onnx_path) or real(job, cache))
+    cache = tmp_path / "cache"
+    assert build(onnx_128s["fp16"], tmp_path / "a.plan", cache, "--precision", "fp16") == 0
+    assert build(onnx_128s["fp16"], tmp_path / "b.plan", cache, "--precision", "fp16") == 0
+    assert len(builds) == 1 and len(engine_entries(cache)) == 1
+    assert (tmp_path / "a.plan").read_bytes() == (tmp_path / "b.plan").read_bytes()
+    assert build(onnx_128s["fp16"], tmp_path / "c.plan", cache, "--precision", "fp16", "--opt-level", "1") == 0
+    assert len(builds) == 2 and len(engine_entries(cache)) == 2
+
+
+def test_parse_error_names_the_node(rtx: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["input", "bad_shape"], ["logits"], name="reshape_to_nowhere")], "broken",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        [helper.make_tensor("bad_shape", TensorProto.INT64, [2], [-1, -1])])  # two -1: not a valid reshape
+    path = tmp_path / "broken.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    assert build(path, tmp_path / "x.plan", tmp_path / "cache") == 2
+    error = capsys.readouterr().err
+    assert "reshape_to_nowhere" in error and "broken.onnx" in error, error
+    assert engine_entries(tmp_path / "cache") == [] and not (tmp_path / "x.plan").exists()
+
+
+def test_corrupt_onnx_is_a_clear_error(rtx: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "corrupt.onnx"
+    path.write_bytes(b"\x08\x07not a protobuf at all" * 10)
+    assert build(path, tmp_path / "x.plan", tmp_path / "cache") == 2
+    error = capsys.readouterr().err
+    assert "corrupt.onnx" in error, error
+    assert engine_entries(tmp_path / "cache") == [] and not (tmp_path / "x.plan").exists()
+
+
+def test_flavor_rtx_without_tensorrt_rtx_says_what_to_install(onnx_128s: dict[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)  # `import tensorrt_rtx` now raises ImportError
+    assert build(onnx_128s["fp32"], tmp_path / "x.plan", tmp_path / "cache") == 2
+    error = capsys.readouterr().err
+    assert "tensorrt_rtx" in error and 'pip install -e ".[rtx]"' in error, error
+    assert engine_entries(tmp_path / "cache") == [] and not (tmp_path / "x.plan").exists()
+
+
+def test_plugin_onnx_without_the_plugin_library_says_how_to_build_it(onnx_128s: dict[str, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("LEVIT_TRT_PLUGIN_DIR", str(tmp_path / "no-plugins"))
+    assert build(onnx_128s["plugin"], tmp_path / "x.plan", tmp_path / "cache") == 2
+    error = capsys.readouterr().err
+    assert "liblevit_softmax_trt.so" in error and "cmake" in error, error
+    assert engine_entries(tmp_path / "cache") == []
+
+
+def test_a_target_rtx_refuses_is_its_error(onnx_128s: dict[str, Path], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert build(onnx_128s["fp32"], tmp_path / "x.plan", tmp_path / "cache", "--compute-capability", "75") == 2
+    error = capsys.readouterr().err
+    assert "FP32 GEMM is not supported" in error, error
+    assert engine_entries(tmp_path / "cache") == [] and not (tmp_path / "x.plan").exists()
+
+
+def test_a_parser_abort_is_an_error_naming_the_onnx(onnx_128s: dict[str, Path], plugin_library: Path,
+                                                    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the libtensorrt_rtx.so link the parser aborts on the plugin node: the child dies, this process lives."""
+    from levit_trt.tensorrt import build_process
+
+    empty = tmp_path / "no-link"
+    empty.mkdir()
+    monkeypatch.setattr(build_process, "rtx_library_link_dir", lambda cache: empty)
+    assert build(onnx_128s["plugin"], tmp_path / "x.plan", tmp_path / "cache") == 2
+    error = capsys.readouterr().err
+    assert "SIGABRT" in error and str(onnx_128s["plugin"]) in error, error[-2000:]
+    assert engine_entries(tmp_path / "cache") == []
+
+
+def test_an_engine_is_refused_by_a_flavor_that_did_not_build_it(onnx_128s: dict[str, Path], tmp_path: Path) -> None:
+    engine = tmp_path / "rtx.plan"
+    assert build(onnx_128s["fp16"], engine, tmp_path / "cache", "--precision", "fp16") == 0
+    check_engine_flavor(engine, "rtx")
+    with pytest.raises(ValueError, match="built by the rtx flavor .* not tensorrt; load it with --flavor rtx"):
+        check_engine_flavor(engine, "tensorrt")
+    from levit_trt.tensorrt.runner import EngineRunner
+
+    with pytest.raises(ValueError, match="not tensorrt"):
+        EngineRunner.load("tensorrt", engine, "cuda:0")  # refused before any GPU is needed
+    # the reverse: a TensorRT engine (its manifest says so) given to RTX
+    report_path = layer_report_path(engine)
+    report = json.loads(report_path.read_text())
+    report[REPORT_KEY]["manifest"]["flavor"] = "tensorrt"
+    report_path.write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="built by the tensorrt flavor"):
+        EngineRunner.load("rtx", engine, "cuda:0")
+    report_path.unlink()
+    with pytest.raises(ValueError, match="no levit_trt manifest"):
+        check_engine_flavor(engine, "rtx")
