@@ -22,7 +22,6 @@ def _common_model_args(parser: argparse.ArgumentParser) -> None:
 def _info(args: argparse.Namespace) -> int:
     from levit_trt.backends.registry import BACKENDS, backend_class
     from levit_trt.environment import machine_info
-
     from levit_trt.tensorrt.binding import describe_flavors
 
     print(json.dumps(machine_info(), indent=2))

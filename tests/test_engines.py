@@ -23,8 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from levit_trt import plugins
 from levit_trt.cache import MANIFEST_NAME, cache_key
 from levit_trt.cli import main
-from levit_trt.tensorrt.options import EngineOptions, Flavor, GpuIdentity
-from levit_trt.tensorrt.layer_report import REPORT_KEY, layer_report_path, read_layer_report
+from levit_trt.onnx_rewrites import PLUGIN_DOMAIN
 from levit_trt.tensorrt.engine_cache import (
     CALIBRATION_KIND,
     ENGINE_KIND,
@@ -41,7 +40,8 @@ from levit_trt.tensorrt.engine_cache import (
     with_softmax_plugin,
     write_engine_file,
 )
-from levit_trt.onnx_rewrites import PLUGIN_DOMAIN
+from levit_trt.tensorrt.layer_report import REPORT_KEY, layer_report_path, read_layer_report
+from levit_trt.tensorrt.options import EngineOptions, Flavor, GpuIdentity
 from levit_trt.weights import file_sha256
 
 SAMPLE_SHAPE = (3, 4, 4)
@@ -651,9 +651,9 @@ def test_real_int8_inputs_reach_the_builder(tmp_path: Path, cache: Path) -> None
     """levit_128s through int8_inputs_loader: real synthetic calibration, the default policy and the
     ONNX Runtime quantizer feed both INT8 plans (only TensorRT itself is faked)."""
     from levit_trt.backends.base import ModelSource
-    from levit_trt.tensorrt.engine_cache import int8_inputs_loader
     from levit_trt.precision_policy import resolve_policy
     from levit_trt.quantize import int8_nodes
+    from levit_trt.tensorrt.engine_cache import int8_inputs_loader
     from levit_trt.variants import resolve_variant
     from levit_trt.weights import parse_weights
 

@@ -20,7 +20,6 @@ import torch
 from levit_trt.backends.base import Backend, ModelSource
 from levit_trt.backends.registry import backend_class, create_backend
 from levit_trt.cli import main
-from levit_trt.tensorrt.options import EngineOptions, tensorrt_major
 from levit_trt.tensorrt.layer_report import (
     REPORT_KEY,
     layer_precision,
@@ -29,6 +28,7 @@ from levit_trt.tensorrt.layer_report import (
     onnx_node_names,
     read_layer_report,
 )
+from levit_trt.tensorrt.options import EngineOptions, tensorrt_major
 from levit_trt.variants import resolve_variant
 from levit_trt.weights import parse_weights, synthetic_images
 

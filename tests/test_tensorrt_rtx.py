@@ -21,7 +21,8 @@ from levit_trt.backends.base import ModelSource
 from levit_trt.cli import main
 from levit_trt.export import ExportOptions
 from levit_trt.plugins import PluginNotBuiltError, trt_plugin_compiled_major, trt_plugin_library
-from levit_trt.tensorrt.engine_cache import ENGINE_KIND, check_engine_flavor
+from levit_trt.tensorrt.builder import NetworkBuild
+from levit_trt.tensorrt.engine_cache import ENGINE_KIND, BuildJob, check_engine_flavor
 from levit_trt.tensorrt.layer_report import REPORT_KEY, layer_report_path, onnx_node_names, read_layer_report
 from levit_trt.variants import resolve_variant
 from levit_trt.weights import parse_weights
@@ -123,7 +124,12 @@ def test_second_build_is_a_cache_hit_and_a_changed_option_rebuilds(onnx_128s: di
 
     builds: list[Path] = []
     real = build_process.build_in_child
-    monkeypatch.setattr(build_process, "build_in_child", lambda job, cache: builds.append(job.onnx_path) or real(job, cache))
+
+    def counted(job: BuildJob, cache: Path) -> NetworkBuild:
+        builds.append(job.onnx_path)
+        return real(job, cache)
+
+    monkeypatch.setattr(build_process, "build_in_child", counted)
     cache = tmp_path / "cache"
     assert build(onnx_128s["fp16"], tmp_path / "a.plan", cache, "--precision", "fp16") == 0
     assert build(onnx_128s["fp16"], tmp_path / "b.plan", cache, "--precision", "fp16") == 0

@@ -1,4 +1,4 @@
-"""mypy --strict on levit_trt/backends/tensorrt.py against the tensorrt-stubs type stubs (TensorRT 10.13's API).
+"""mypy --strict on the levit_trt.tensorrt package against the tensorrt-stubs type stubs (TensorRT 10.13's API).
 
 This is how the TensorRT module is checked where TensorRT cannot be installed. tensorrt-stubs
 10.13.0.35.1 installs its stubs as `tensorrt/` and `tensorrt_bindings/` without a py.typed
@@ -23,7 +23,7 @@ import pytest
 from levit_trt.cache import cached_build
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-MODULE = "levit_trt/backends/tensorrt.py"
+PACKAGE = "levit_trt/tensorrt"
 STUB_PACKAGES = ("tensorrt", "tensorrt_bindings")
 REPAIR_RECIPE = 1
 PROBE = '''
@@ -75,9 +75,9 @@ def run_mypy(stub_dir: Path, cache_dir: Path, *files: Path | str) -> subprocess.
 def test_tensorrt_module_passes_mypy_strict_against_the_stubs(stub_dir: Path, cache_dir: Path) -> None:
     probe = cache_dir / "mypy-stubs" / "tensorrt_api_probe.py"  # a fixed path: mypy's cache keys results by module
     probe.write_text(PROBE)
-    result = run_mypy(stub_dir, cache_dir, MODULE, probe)
+    result = run_mypy(stub_dir, cache_dir, PACKAGE, "levit_trt/backends/tensorrt.py", probe)
     lines = result.stdout.splitlines()
-    ours = [line for line in lines if line.startswith(MODULE)]
+    ours = [line for line in lines if line.startswith("levit_trt/")]
     assert ours == [], "\n".join(ours)
     probe_errors = [line for line in lines if line.startswith(str(probe))]
     assert any('incompatible types in assignment (expression has type "str", variable has type "int")' in line.lower()

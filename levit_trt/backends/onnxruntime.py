@@ -17,10 +17,10 @@ import torch
 
 from levit_trt.backends.base import Availability, Backend, BackendUnavailable, ModelSource
 from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
-from levit_trt.tensorrt.options import Int8Source
-from levit_trt.tensorrt.engine_cache import load_int8_inputs
 from levit_trt.export import INPUT_NAME, NUM_CLASSES, OUTPUT_NAME
 from levit_trt.precision_policy import DEFAULT_POLICY
+from levit_trt.tensorrt.engine_cache import load_int8_inputs
+from levit_trt.tensorrt.options import Int8Source
 
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 

@@ -16,7 +16,7 @@ import importlib
 import re
 import sys
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -65,7 +65,7 @@ def tensorrt_version(flavor: Flavor) -> str:
     return str(tensorrt_module(flavor).__version__)
 
 
-@lru_cache(maxsize=None)
+@cache
 def wheel_cuda_major(flavor: Flavor) -> str | None:
     """The CUDA major version the installed wheels were built for ('12', '13'), from their distribution names
     (tensorrt-cu12-libs, tensorrt_rtx_cu13, ...); None where no such wheel is installed (a local build).
@@ -154,7 +154,7 @@ class RecordingLogger:
         return self._state.pop("layers", None)
 
 
-@lru_cache(maxsize=None)
+@cache
 def tensorrt_logger(flavor: Flavor) -> RecordingLogger:
     """One logger per flavor and process, as TensorRT asks: its builder, runtime and parser all report to it."""
     return RecordingLogger.create(flavor)

@@ -22,8 +22,8 @@ from levit_trt.tensorrt.calibrator import (
     entropy_calibrator,
     pin_float_layers,
 )
+from levit_trt.tensorrt.deserialize import dims_tuple, engine_information, try_deserialize
 from levit_trt.tensorrt.devices import cuda_device, current_gpu
-from levit_trt.tensorrt.deserialize import engine_information, try_deserialize
 from levit_trt.tensorrt.layer_report import layers_from_build_log
 from levit_trt.tensorrt.options import BuildPlan, EngineOptions, Flavor, GpuIdentity, plan_major
 from levit_trt.tensorrt.plugin_libraries import load_plugin_libraries
@@ -72,7 +72,7 @@ def configure(flavor: Flavor, config: trt.IBuilderConfig, options: EngineOptions
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer, tactic and precision in the report
     if options.compute_capabilities:  # RTX only (EngineOptions checks it); the tensorrt stubs lack these names
         rtx_config: Any = config
-        rtx_targets: Any = getattr(trt, "ComputeCapability")
+        rtx_targets: Any = trt.ComputeCapability
         rtx_config.num_compute_capabilities = len(options.compute_capabilities)
         for index, target in enumerate(options.compute_capabilities):
             rtx_config.set_compute_capability(getattr(rtx_targets, f"SM{target}"), index)
@@ -118,7 +118,7 @@ def _network_input(network: trt.INetworkDefinition) -> tuple[str, tuple[int, ...
     if network.num_inputs != 1:
         raise ValueError(f"expected a network with one input, got {network.num_inputs}")
     tensor = network.get_input(0)
-    dims = tuple(tensor.shape)
+    dims = dims_tuple(tensor.shape)
     if not dims or dims[0] != -1 or -1 in dims[1:]:
         raise ValueError(f"input {tensor.name!r} has shape {list(dims)}; TensorRT engines here need a dynamic batch "
                          "dimension and fixed others (export with levit-trt export)")

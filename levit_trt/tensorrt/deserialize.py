@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
 
+def dims_tuple(dims: trt.Dims) -> tuple[int, ...]:
+    return tuple(dims[i] for i in range(len(dims)))
+
+
 def try_deserialize(flavor: Flavor, data: bytes) -> tuple[trt.Runtime, trt.ICudaEngine | None]:
     """The engine in `data` (None when the runtime refuses it) and the runtime that must outlive it."""
     if TYPE_CHECKING:
@@ -52,9 +56,9 @@ def engine_information(flavor: Flavor, engine: trt.ICudaEngine) -> str:
         raise RuntimeError("TensorRT could not create an execution context to inspect the engine (out of GPU memory?)")
     for index in range(engine.num_io_tensors):
         name = engine.get_tensor_name(index)
-        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT and -1 in tuple(engine.get_tensor_shape(name)):
+        if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT and -1 in dims_tuple(engine.get_tensor_shape(name)):
             _, opt, _ = engine.get_tensor_profile_shape(name, 0)
             if not context.set_input_shape(name, opt):
-                raise RuntimeError(f"the engine refused its own opt shape {tuple(opt)} for input {name!r}")
+                raise RuntimeError(f"the engine refused its own opt shape {dims_tuple(opt)} for input {name!r}")
     inspector.execution_context = context
     return inspector.get_engine_information(trt.LayerInformationFormat.JSON)

@@ -20,6 +20,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from levit_trt.cache import atomic_outputs, cache_key, cached_build, canonical_json, read_manifest
 from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
+from levit_trt.export import QDQ_OP_TYPES, load_onnx, onnx_content_sha256
+from levit_trt.plugins import library_sha256, softmax_plugin_identity
+from levit_trt.precision_policy import DEFAULT_POLICY
+from levit_trt.tensorrt.layer_report import (
+    LAYERS_FILENAME,
+    REPORT_KEY,
+    layer_report,
+    layer_report_path,
+    layers_kept_float,
+    onnx_node_op_types,
+    read_layer_report,
+    write_layer_report,
+)
 from levit_trt.tensorrt.options import (
     BuildPlan,
     EngineOptions,
@@ -34,19 +47,6 @@ from levit_trt.tensorrt.options import (
     plan_build,
     plan_major,
 )
-from levit_trt.tensorrt.layer_report import (
-    LAYERS_FILENAME,
-    REPORT_KEY,
-    layer_report,
-    layer_report_path,
-    layers_kept_float,
-    onnx_node_op_types,
-    read_layer_report,
-    write_layer_report,
-)
-from levit_trt.export import QDQ_OP_TYPES, load_onnx, onnx_content_sha256
-from levit_trt.plugins import library_sha256, softmax_plugin_identity
-from levit_trt.precision_policy import DEFAULT_POLICY
 from levit_trt.tensorrt.plugin_libraries import plugin_libraries_for, uses_plugins
 
 if TYPE_CHECKING:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from levit_trt.cache import ensure_cache_dir
 from levit_trt.tensorrt.builder import TensorRTBuilder
-from levit_trt.tensorrt.engine_cache import CachedEngine, GivenOnnx, cached_engine, int8_inputs_loader, write_engine_file
+from levit_trt.tensorrt.engine_cache import (
+    CachedEngine,
+    GivenOnnx,
+    cached_engine,
+    int8_inputs_loader,
+    write_engine_file,
+)
 from levit_trt.tensorrt.options import EngineOptions
 
 

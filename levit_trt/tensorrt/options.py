@@ -36,7 +36,7 @@ EnginePrecision = Literal["fp32", "fp16", "int8"]
 Int8Mode = Literal["qdq", "calibrator"]
 OnnxForm = Literal["fp32", "fp16", "qdq"]
 
-FLAVORS: tuple[str, ...] = ("tensorrt", "rtx")
+FLAVORS: tuple[Flavor, ...] = ("tensorrt", "rtx")
 ENGINE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 # The members of tensorrt_rtx.ComputeCapability (1.7.1: SM75, SM80, SM86, SM89, SM120, SM121), as
 # "--compute-capability" spells them. RTX itself may still refuse a target for a network (SM75: "FP32

@@ -12,13 +12,13 @@ import collections
 import dataclasses
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from levit_trt.cache import atomic_output
 from levit_trt.tensorrt.binding import tensorrt_logger, tensorrt_module
-from levit_trt.tensorrt.deserialize import deserialize_engine
+from levit_trt.tensorrt.deserialize import deserialize_engine, dims_tuple
 from levit_trt.tensorrt.devices import cuda_device
 from levit_trt.tensorrt.engine_cache import check_engine_flavor
 from levit_trt.tensorrt.options import Flavor, check_batch_in_profile
@@ -32,10 +32,6 @@ _TORCH_DTYPES = {  # trt.DataType member name -> torch dtype
     "FLOAT": torch.float32, "HALF": torch.float16, "BF16": torch.bfloat16, "INT8": torch.int8,
     "UINT8": torch.uint8, "INT32": torch.int32, "INT64": torch.int64, "BOOL": torch.bool,
 }
-
-
-def _dims(dims: trt.Dims) -> tuple[int, ...]:
-    return tuple(dims[i] for i in range(len(dims)))
 
 
 def _torch_dtype(dtype: trt.DataType) -> torch.dtype:
@@ -99,7 +95,7 @@ class EngineRunner:
         self.input_name, self.output_name = inputs[0], outputs[0]
         self.input_dtype = _torch_dtype(engine.get_tensor_dtype(self.input_name))
         self.output_dtype = _torch_dtype(engine.get_tensor_dtype(self.output_name))
-        shape = _dims(engine.get_tensor_shape(self.input_name))
+        shape = dims_tuple(engine.get_tensor_shape(self.input_name))
         if shape[0] == -1:
             low, _, high = engine.get_tensor_profile_shape(self.input_name, 0)
             self.batch_range = (low[0], high[0])
@@ -108,10 +104,10 @@ class EngineRunner:
         self.sample_shape = shape[1:]
         self.runtime_cache_path = runtime_cache
         self.first_run_seconds: float | None = None
-        self._runtime_cache: object | None = None
+        self._runtime_cache: Any = None  # tensorrt_rtx.IRuntimeCache
         with torch.cuda.device(self.device):
             context = self._create_context(engine)
-            self.stream = torch.cuda.Stream(self.device)
+            self.stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         if context is None:
             raise RuntimeError(f"TensorRT could not create an execution context for {name} (out of GPU memory?)")
         self.context = context
@@ -121,14 +117,14 @@ class EngineRunner:
         if self.runtime_cache_path is None:
             return engine.create_execution_context()
         # TensorRT-RTX only (the tensorrt stubs lack IRuntimeConfig): kernels compiled on first run are kept.
-        rtx_engine: object = engine
-        config = getattr(rtx_engine, "create_runtime_config")()
+        rtx_engine: Any = engine
+        config = rtx_engine.create_runtime_config()
         cache = config.create_runtime_cache()
         if self.runtime_cache_path.is_file() and not cache.deserialize(self.runtime_cache_path.read_bytes()):
             print(f"levit_trt: ignoring unreadable RTX runtime cache {self.runtime_cache_path}")
         config.set_runtime_cache(cache)
         self._runtime_cache = cache
-        context: trt.IExecutionContext | None = getattr(rtx_engine, "create_execution_context")(config)
+        context: trt.IExecutionContext | None = rtx_engine.create_execution_context(config)
         return context
 
     @classmethod
@@ -173,7 +169,7 @@ class EngineRunner:
     def _save_runtime_cache(self) -> None:
         if self._runtime_cache is None or self.runtime_cache_path is None:
             return
-        data = bytes(getattr(self._runtime_cache, "serialize")())
+        data = bytes(self._runtime_cache.serialize())
         self.runtime_cache_path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(self.runtime_cache_path) as tmp:
             tmp.write_bytes(data)
@@ -183,7 +179,7 @@ class EngineRunner:
         if not self.context.set_input_shape(self.input_name, tuple(x.shape)):
             raise ValueError(f"{self.name} rejected input shape {tuple(x.shape)}")
         if out is None:
-            out = torch.empty(_dims(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype,
+            out = torch.empty(dims_tuple(self.context.get_tensor_shape(self.output_name)), dtype=self.output_dtype,
                               device=self.device)
         bind_tensor(self.context, self.input_name, x.data_ptr(), self.name)
         bind_tensor(self.context, self.output_name, out.data_ptr(), self.name)
@@ -248,5 +244,5 @@ class EngineRunner:
                     self._enqueue(x)
                     self.stream.synchronize()  # TensorRT reports a run's layer times once it has finished
         finally:
-            self.context.profiler = None
+            self.context.profiler = None  # type: ignore[assignment]  # TensorRT takes None: no profiler
         return [(name, total / iterations) for name, total in totals.items()]
