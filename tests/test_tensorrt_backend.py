@@ -258,3 +258,11 @@ def test_int8_calibrator_engine_keeps_policy_layers_float(source: ModelSource, b
     # Another build option, same model and data: the calibration cache is reused.
     again = create_backend("tensorrt", source, "int8", "cuda", engine_options=dataclasses.replace(options, opt_level=2))
     assert read_layer_report(again.engine.layers_path)[REPORT_KEY]["calibration_cache"] == "reused"  # type: ignore[attr-defined]
+
+
+def test_profile_layers_reports_each_layer_time(backend: Callable[..., Backend], images: torch.Tensor) -> None:
+    engine = backend()
+    profile = engine.profile_layers(images[:4].cuda(), iterations=3)  # type: ignore[attr-defined]
+    assert profile and all(name and ms >= 0 for name, ms in profile)
+    assert len({name for name, _ in profile}) == len(profile)
+    assert sum(ms for _, ms in profile) > 0

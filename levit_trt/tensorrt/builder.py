@@ -72,7 +72,8 @@ def configure(flavor: Flavor, config: trt.IBuilderConfig, options: EngineOptions
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer, tactic and precision in the report
     if options.compute_capabilities:  # RTX only (EngineOptions checks it); the tensorrt stubs lack these names
         rtx_config: Any = config
-        rtx_targets: Any = trt.ComputeCapability
+        rtx_module: Any = trt
+        rtx_targets = rtx_module.ComputeCapability
         rtx_config.num_compute_capabilities = len(options.compute_capabilities)
         for index, target in enumerate(options.compute_capabilities):
             rtx_config.set_compute_capability(getattr(rtx_targets, f"SM{target}"), index)
