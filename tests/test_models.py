@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from levit_trt import models, plugins
-from levit_trt.models import PreparedAttention, attention_forms, prepare_model, set_attention, set_softmax, softmax_function
+from levit_trt.models import (
+    PreparedAttention,
+    attention_forms,
+    prepare_model,
+    set_attention,
+    set_softmax,
+    softmax_function,
+)
 from levit_trt.variants import resolve_variant
 from levit_trt.weights import create_model, parse_weights, synthetic_images
 
