@@ -385,8 +385,9 @@ class _AttentionWalker:
             raise self.fail(f"Reshape node {merge.name!r} gives [{out_tokens}, {out_width}], expected "
                             f"[{tokens_q}, {heads * val_dim}]")
         self._check_enclosed(merge.output[0])
-        name = bias_name.removesuffix(".attention_bias") if bias_name.endswith(".attention_bias") else softmax.name
-        return AttentionMatch(name=name, inputs=(*inputs, bias_name), output=str(merge.output[0]),
+        # Named after the module where the bias says which one it is, so TensorRT's layer report does too.
+        module = bias_name.removesuffix(".attention_bias") if bias_name.endswith(".attention_bias") else softmax.name
+        return AttentionMatch(name=f"{module}.{ATTENTION_PLUGIN_OP}", inputs=(*inputs, bias_name), output=str(merge.output[0]),
                               num_heads=heads, key_dim=key_dim, val_dim=val_dim, scale=float(scale.reshape(-1)[0]),
                               replaced=frozenset(self.visited))
 
