@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from levit_trt.backends.base import PRECISIONS, Backend, BackendUnavailable, ModelSource, set_tf32
+from levit_trt.backends.base import (
+    DEFAULT_PLUGIN,
+    PLUGINS,
+    PRECISIONS,
+    Backend,
+    BackendUnavailable,
+    ModelSource,
+    set_tf32,
+)
 from levit_trt.backends.registry import BACKENDS
 from levit_trt.cache import ensure_cache_dir
 from levit_trt.matrix import Case, benchmark_rounds, selected_cases, selected_device
@@ -43,6 +51,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--warmup-rounds", type=int, default=None, help="benchmark warm-up calls (default: 10 on GPU, 3 on CPU)")
     group.addoption("--rounds", type=int, default=None, help="timed benchmark rounds (default: 100 on GPU, 10 on CPU)")
     group.addoption("--cuda-graphs", action="store_true", help="replay a captured CUDA graph instead of eager calls")
+    group.addoption("--plugin", default=DEFAULT_PLUGIN,
+                    help=f"which CUDA plugin the plugin backends use: {' or '.join(PLUGINS)} (default: {DEFAULT_PLUGIN}; "
+                         "softmax is the reference's softmax-only plugin)")
     group.addoption("--tf32", action="store_true",
                     help="let fp32 matmuls and convolutions use TF32 on the GPU (default: off, so fp32 means fp32 "
                          "in every backend, as in TensorRT's fp32 engines)")
@@ -97,12 +108,14 @@ def model_source(cache_dir: Path, weights_spec: WeightsSpec) -> Callable[[Varian
 @pytest.fixture(scope="session")
 def backend_for(model_source: Callable[[Variant | str], ModelSource]) -> Callable[..., Backend]:
     """`backend_for(case, **options)`: each backend built once per session; skips with the reason
-    when it cannot run on this machine."""
+    when it cannot run on this machine. A backend with a plugin choice gets the case's (`--plugin`)."""
     built: dict[tuple[Any, ...], Backend | str] = {}
 
     def get(case: Case, **options: Any) -> Backend:
         from levit_trt.backends.registry import create_backend
 
+        if case.has_plugin_choice:
+            options.setdefault("plugin", case.plugin)
         key = (case.variant.name, case.backend, case.precision, case.device, tuple(sorted(options.items())))
         if key not in built:
             try:

@@ -58,7 +58,8 @@ def test_latency(benchmark, case, backend_for, weights_spec, pytestconfig) -> No
     case_fields = {"variant": case.variant.name, "backend": case.backend, "precision": case.precision,
                    "batch": case.batch, "device": case.device, "cuda_graphs": case.cuda_graphs,
                    "weights": weights_spec.describe(), "warmup_rounds": warmup,
-                   "shape_setup_seconds": round(shape_setup_seconds, 3)}
+                   "shape_setup_seconds": round(shape_setup_seconds, 3),
+                   **({"plugin": case.plugin} if case.has_plugin_choice else {})}
     clashes = {key for key in set(described) & set(case_fields) if described[key] != case_fields[key]}
     assert not clashes, f"backend.describe() gives other values for the case's own keys {sorted(clashes)}"
     benchmark.extra_info.update({**described, **case_fields})

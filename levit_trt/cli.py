@@ -272,13 +272,65 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_quantize)
 
 
+# --- profile: GPU time by kernel category (levit_trt.profile) ---------------------------------------
+
+def _profile(args: argparse.Namespace) -> int:
+    from levit_trt.backends.base import ModelSource, set_tf32
+    from levit_trt.backends.registry import backend_class, create_backend
+    from levit_trt.cache import ensure_cache_dir
+    from levit_trt.profile import profile_backend
+    from levit_trt.variants import resolve_variant
+    from levit_trt.weights import parse_weights, synthetic_images
+
+    if args.device == "cuda" and not _cuda_available():
+        raise RuntimeError("profiling on --device cuda needs a GPU, and torch sees none here "
+                           "(torch.cuda.is_available() is False); --device cpu profiles CPU op times instead")
+    variant = resolve_variant(args.variant)
+    set_tf32(args.tf32)
+    options = {"plugin": args.plugin} if args.plugin and backend_class(args.backend).plugin_choices else {}
+    source = ModelSource(variant, parse_weights(args.weights), ensure_cache_dir(args.cache_dir))
+    backend = create_backend(args.backend, source, args.precision, args.device, **options)
+    images = backend.prepare_input(synthetic_images(args.batch, variant.input_size, seed=args.batch))
+    run = {"variant": variant.name, "batch": args.batch, "weights": args.weights, "tf32": args.tf32,
+           **backend.describe()}
+    summary = profile_backend(backend, images, forwards=args.forwards, warmup=args.warmup, top=args.top, run=run)
+    print(f"{variant.display} {backend.name} {backend.precision} batch {args.batch} on {args.device}")
+    print(summary.to_text(), end="")
+    if args.json:
+        summary.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _add_profile(sub: argparse._SubParsersAction) -> None:
+    from levit_trt.backends.base import PLUGINS
+
+    parser = sub.add_parser("profile", help="GPU time per forward by kernel category (GEMM, attention, softmax, ...), "
+                                            "the top kernels and kernels per forward")
+    _common_model_args(parser)
+    parser.add_argument("--backend", default="torch", help="backend to profile (levit-trt info lists them)")
+    parser.add_argument("--precision", default="fp16")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                        help="cuda (kernel times), or cpu (CPU op self times, for checking the command without a GPU)")
+    parser.add_argument("--plugin", choices=PLUGINS, default=None,
+                        help="for plugin backends: the fused attention plugin (default) or the softmax-only one")
+    parser.add_argument("--forwards", type=int, default=20, help="profiled forwards, after --warmup (default 20)")
+    parser.add_argument("--warmup", type=int, default=5, help="unprofiled forwards first (default 5)")
+    parser.add_argument("--top", type=int, default=15, help="kernels to list (default 15)")
+    parser.add_argument("--tf32", action="store_true", help="let fp32 on the GPU use TF32 (default: strict fp32)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the profile as JSON here")
+    parser.set_defaults(handler=_profile)
+
+
 def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
 
 
-SUBCOMMANDS = [_add_info, _add_export, _add_eval, _add_calibrate, _add_quantize, _add_build, _add_report, _add_compare]
+SUBCOMMANDS = [_add_info, _add_export, _add_eval, _add_calibrate, _add_quantize, _add_build, _add_report, _add_compare,
+               _add_profile]
 
 
 def build_parser() -> argparse.ArgumentParser:

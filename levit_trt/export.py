@@ -42,23 +42,42 @@ class ExportOptions:
     `dynamo` (torch.export) is PyTorch's supported exporter and gives a smaller graph for LeViT;
     `torchscript` is the legacy tracer, kept because older TensorRT parsers know its patterns.
     `precision="fp16"` exports fp16 weights and I/O, the form TensorRT 11's strongly typed
-    networks need for FP16 engines.
+    networks need for FP16 engines. `softmax_plugin` / `attention_plugin` rewrite the exported graph
+    for the TensorRT softmax plugin or the fused attention plugin (one of the two).
     """
 
     opset: int = 18
     exporter: Exporter = "dynamo"
     precision: OnnxPrecision = "fp32"
     softmax_plugin: bool = False
+    attention_plugin: bool = False
 
     def __post_init__(self) -> None:
         if self.exporter not in ("dynamo", "torchscript"):
             raise ValueError(f"unknown exporter {self.exporter!r}; choose 'dynamo' or 'torchscript'")
         if self.precision not in ("fp32", "fp16"):
             raise ValueError(f"ONNX export precision must be fp32 or fp16, not {self.precision!r}")
+        if self.softmax_plugin and self.attention_plugin:
+            raise ValueError("choose the softmax plugin or the attention plugin, not both: the attention plugin "
+                             "replaces the softmax with the rest of the attention")
+
+    @property
+    def uses_plugin(self) -> bool:
+        return self.softmax_plugin or self.attention_plugin
 
 
 def export_onnx(model: nn.Module, path: Path, options: ExportOptions, input_size: int = 224) -> None:
-    """Export `model` (a prepared LeViT) to `path` with a dynamic batch dimension."""
+    """Export `model` (a prepared LeViT in the explicit attention form) to `path` with a dynamic batch dimension.
+
+    The explicit form is the one the ONNX rewrites recognise and every ONNX consumer can run; SDPA
+    or the fused op would export as other (or no) ONNX ops.
+    """
+    from levit_trt.models import attention_forms, prepared_attention_layers
+
+    forms = attention_forms(model)
+    if forms != {"explicit"}:
+        raise ValueError(f"export_onnx exports the explicit attention form, but the model uses {sorted(forms)}; "
+                         "prepare it with attention='explicit' (ExportOptions.attention_plugin gives the fused plugin)")
     dtype = torch.float16 if options.precision == "fp16" else torch.float32
     model = model.to(dtype).eval()
     example = torch.randn(2, 3, input_size, input_size, dtype=dtype)
@@ -76,16 +95,26 @@ def export_onnx(model: nn.Module, path: Path, options: ExportOptions, input_size
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                 dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
             )
-    if options.softmax_plugin:
-        import onnx
+    if options.uses_plugin:
+        _rewrite_for_plugin(path, options, expected_attention=len(prepared_attention_layers(model)))
+    check_onnx(path, expect_plugin=options.uses_plugin)
 
-        from levit_trt.onnx_rewrites import replace_softmax_with_plugin
 
-        graph = onnx.load(str(path))
-        if replace_softmax_with_plugin(graph) == 0:
-            raise OnnxCheckError(f"{path}: no Softmax node to replace with the plugin")
-        onnx.save(graph, str(path))
-    check_onnx(path, expect_plugin=options.softmax_plugin)
+def _rewrite_for_plugin(path: Path, options: ExportOptions, expected_attention: int) -> None:
+    """Rewrite the exported file at `path` for the plugin `options` names; the count must be what the model has."""
+    import onnx
+
+    from levit_trt.onnx_rewrites import replace_attention_with_plugin, replace_softmax_with_plugin
+
+    graph = onnx.load(str(path))
+    if options.attention_plugin:
+        graph, replaced = replace_attention_with_plugin(graph)
+        if replaced != expected_attention:
+            raise OnnxCheckError(f"{path}: replaced {replaced} attention subgraphs with the plugin, but the model "
+                                 f"has {expected_attention} attention layers")
+    elif replace_softmax_with_plugin(graph) == 0:
+        raise OnnxCheckError(f"{path}: no Softmax node to replace with the plugin")
+    onnx.save(graph, str(path))
 
 
 def check_onnx(path: Path, expect_plugin: bool = False) -> None:
@@ -147,12 +176,15 @@ def onnx_manifest(variant: Variant, weights: WeightsSpec, options: ExportOptions
     """Every input of an export: the cache key of the ONNX file."""
     import onnx
 
+    from levit_trt.onnx_rewrites import REWRITE_VERSION
+
     return {
         "artifact": "onnx",
         "recipe": EXPORT_RECIPE_VERSION,
         "variant": variant.name,
         "weights": weights.cache_token(variant),
         "options": dataclasses.asdict(options),
+        "rewrite": REWRITE_VERSION if options.uses_plugin else None,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
     }

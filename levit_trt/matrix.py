@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from levit_trt.backends.base import PRECISIONS
+from levit_trt.backends.base import DEFAULT_PLUGIN, PLUGINS, PRECISIONS
 from levit_trt.backends.registry import BACKENDS, backend_class, parse_backends
 from levit_trt.variants import Variant, resolve_variants
 
@@ -27,16 +27,23 @@ class Case:
     batch: int
     device: str
     cuda_graphs: bool = False
+    plugin: str = DEFAULT_PLUGIN  # for backends with a plugin choice (Backend.plugin_choices)
 
     @property
     def id(self) -> str:
         return f"{self.model_id}-bs{self.batch}"
 
     @property
+    def has_plugin_choice(self) -> bool:
+        return bool(backend_class(self.backend).plugin_choices)
+
+    @property
     def model_id(self) -> str:
-        """The id without the batch size, for cases that do not depend on it."""
+        """The id without the batch size, for cases that do not depend on it (`-attention`/`-softmax`
+        after a backend that can use either plugin)."""
         graph = "-graph" if self.cuda_graphs else ""
-        return f"{self.variant.name}-{self.backend}{graph}-{self.precision}"
+        plugin = f"-{self.plugin}" if self.has_plugin_choice else ""
+        return f"{self.variant.name}-{self.backend}{plugin}{graph}-{self.precision}"
 
 
 def selected_device(config: pytest.Config) -> str:
@@ -59,6 +66,14 @@ def benchmark_rounds(config: pytest.Config, device: str) -> tuple[int, int]:
     if warmup < 0 or rounds < 1:
         raise pytest.UsageError(f"--warmup-rounds must be >= 0 and --rounds >= 1 (got {warmup}, {rounds})")
     return warmup, rounds
+
+
+def selected_plugin(config: pytest.Config) -> str:
+    """`--plugin`: which of our CUDA plugins the plugin backends use (attention or softmax)."""
+    plugin = str(config.getoption("--plugin"))
+    if plugin not in PLUGINS:
+        raise pytest.UsageError(f"--plugin must be one of {', '.join(PLUGINS)}, not {plugin!r}")
+    return plugin
 
 
 def selected_variants(config: pytest.Config) -> list[Variant]:
@@ -113,8 +128,9 @@ def selected_cases(config: pytest.Config, batches: bool = True,
     graphs = bool(config.getoption("--cuda-graphs"))
     if graphs and device != "cuda":
         raise pytest.UsageError("--cuda-graphs replays CUDA graphs and needs a GPU (--device cuda)")
+    plugin = selected_plugin(config)
     return [
-        Case(v, b, p, n, device, graphs)
+        Case(v, b, p, n, device, graphs, plugin)
         for v in variants for b in backends for p in precisions for n in sizes
         if p in backend_class(b).supported.get(device, ())
     ]

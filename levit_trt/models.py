@@ -1,4 +1,4 @@
-"""A ready-to-run LeViT: weights applied, batch norms folded, attention biases fixed, softmax chosen.
+"""A ready-to-run LeViT: weights applied, batch norms folded, attention biases fixed, attention form chosen.
 
 Every backend starts from the same prepared model, so PyTorch, ONNX Runtime and TensorRT compute
 the same function and their timings compare like with like.
@@ -7,9 +7,10 @@ the same function and their timings compare like with like.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from levit_trt.variants import Variant
@@ -17,6 +18,14 @@ from levit_trt.weights import WeightsSpec, create_model
 
 SoftmaxImpl = Literal["native", "plugin"]
 SOFTMAX_IMPLS: tuple[SoftmaxImpl, ...] = ("native", "plugin")
+# explicit: q.k^T, scale, bias, softmax, .v as separate ops (what ONNX export writes; softmax swappable);
+# sdpa: F.scaled_dot_product_attention with the bias as mask; fused: the `levit_trt::attention` op.
+AttentionImpl = Literal["explicit", "sdpa", "fused"]
+ATTENTION_IMPLS: tuple[AttentionImpl, ...] = ("explicit", "sdpa", "fused")
+# The fused op's signature (levit_trt::attention, see the contract in plugins.py): q [B, Nq, H, Dq],
+# k [B, Nk, H, Dq], v [B, Nk, H, Dv] as the projection split gives them, bias [H, Nq, Nk], scale
+# -> [B, Nq, H * Dv]. Every attention form takes and returns the same.
+AttentionFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
 def native_softmax(scores: torch.Tensor) -> torch.Tensor:
@@ -35,48 +44,93 @@ def softmax_function(impl: str) -> Callable[[torch.Tensor], torch.Tensor]:
     raise ValueError(f"unknown softmax implementation {impl!r}; choose one of {', '.join(SOFTMAX_IMPLS)}")
 
 
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """PyTorch's fused attention (flash / cuDNN / memory-efficient kernels) with the bias as additive mask."""
+    batch, queries, heads, _ = q.shape
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         attn_mask=bias.to(q.dtype), scale=scale)
+    return out.transpose(1, 2).reshape(batch, queries, heads * v.shape[-1])
+
+
+def fused_attention_function() -> AttentionFunction:
+    """`levit_trt::attention` (plugins.plugin_attention), loaded now so a missing build fails here, not mid-forward."""
+    from levit_trt import plugins
+
+    plugins.load_attention_op()  # type: ignore[attr-defined]  # provided by the attention op's bindings
+    return plugins.plugin_attention  # type: ignore[attr-defined, no-any-return]
+
+
+def check_attention_impl(attention: str, softmax: str) -> None:
+    """ValueError for an unknown attention form, or a softmax choice the form does not use."""
+    if attention not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention implementation {attention!r}; choose one of {', '.join(ATTENTION_IMPLS)}")
+    if softmax not in SOFTMAX_IMPLS:
+        raise ValueError(f"unknown softmax implementation {softmax!r}; choose one of {', '.join(SOFTMAX_IMPLS)}")
+    if attention != "explicit" and softmax != "native":
+        raise ValueError(f"softmax={softmax!r} applies to the explicit attention form only, not to {attention!r}")
+
+
 class PreparedAttention(nn.Module):
     """timm's LeViT `Attention`/`AttentionDownsample` (linear mode) with a dense bias buffer.
 
     timm computes `attention_biases[:, idxs]` on first use in eval mode and caches it in a dict:
     that write breaks CUDA-graph trees and hides the gather from exporters. Here the gathered
-    bias is a registered buffer, computed once, so exports and graphs see a constant; and the
-    softmax is a swappable function so the plugin kernel can stand in for PyTorch's.
+    bias is a registered buffer, computed once, so exports and graphs see a constant. The attention
+    itself is one of ATTENTION_IMPLS (`attention`, set with `set_attention`); the explicit form's
+    softmax is a swappable function so the softmax plugin can stand in for PyTorch's.
     """
+
+    # Declared for type checkers: nn.Module's attribute lookup would type them as Tensor | Module.
+    attention_bias: torch.Tensor
+    scale: float
+    softmax: Callable[[torch.Tensor], torch.Tensor]
+    attend: AttentionFunction
+    qkv: nn.Module
+    kv: nn.Module
+    q: nn.Module
+    proj: nn.Module
 
     def __init__(self, source: nn.Module, softmax: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
+        timm_layer: Any = source  # timm's attributes, untyped
         if getattr(source, "use_conv", False):
             raise ValueError("only timm's linear-mode LeViT (levit_*, not levit_conv_*) is supported")
         self.downsample = hasattr(source, "kv")
-        self.num_heads = source.num_heads
-        self.key_dim = source.key_dim
-        self.val_dim = source.val_dim
-        self.val_attn_dim = source.val_attn_dim
-        self.scale = source.scale
+        self.num_heads = timm_layer.num_heads
+        self.key_dim = timm_layer.key_dim
+        self.val_dim = timm_layer.val_dim
+        self.val_attn_dim = timm_layer.val_attn_dim
+        self.scale = timm_layer.scale
         if self.downsample:
-            self.kv, self.q = source.kv, source.q
+            self.kv, self.q = timm_layer.kv, timm_layer.q
         else:
-            self.qkv = source.qkv
-        self.proj = source.proj
+            self.qkv = timm_layer.qkv
+        self.proj = timm_layer.proj
         with torch.no_grad():
-            bias = source.attention_biases[:, source.attention_bias_idxs].detach().clone()
+            bias = timm_layer.attention_biases[:, timm_layer.attention_bias_idxs].detach().clone()
         self.register_buffer("attention_bias", bias)
         self.softmax = softmax
+        self.attention: AttentionImpl = "explicit"
+        self.attend = self.explicit_attention
+
+    def explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                           scale: float) -> torch.Tensor:
+        """The two products, scale, bias and `self.softmax` as separate ops: the form ONNX export writes."""
+        scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) * scale + bias
+        attn = self.softmax(scores)
+        return (attn @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(q.shape[0], -1, v.shape[2] * v.shape[3])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
+        # q, k, v as [B, N, H, D] views of the projections' outputs (the fused op reads them in place).
         if self.downsample:
             k, v = self.kv(x).view(batch, tokens, self.num_heads, -1).split([self.key_dim, self.val_dim], dim=3)
-            q = self.q(x).view(batch, -1, self.num_heads, self.key_dim).permute(0, 2, 1, 3)
+            q = self.q(x).view(batch, -1, self.num_heads, self.key_dim)
         else:
             q, k, v = self.qkv(x).view(batch, tokens, self.num_heads, -1).split(
                 [self.key_dim, self.key_dim, self.val_dim], dim=3)
-            q = q.permute(0, 2, 1, 3)
-        scores = q @ k.permute(0, 2, 3, 1) * self.scale + self.attention_bias
-        attn = self.softmax(scores)
-        out = (attn @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(batch, -1, self.val_attn_dim)
-        return self.proj(out)
+        return self.proj(self.attend(q, k, v, self.attention_bias, self.scale))
 
 
 def _is_attention(module: nn.Module) -> bool:
@@ -90,14 +144,15 @@ def _is_foldable_norm(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def prepare_model(model: nn.Module, softmax: str = "native") -> nn.Module:
-    """Fold every batch norm, fix the attention biases and install the softmax, in place (eval mode)."""
+def prepare_model(model: nn.Module, softmax: str = "native", attention: str = "explicit") -> nn.Module:
+    """Fold every batch norm, fix the attention biases and install the attention form, in place (eval mode)."""
+    check_attention_impl(attention, softmax)
     model.eval()
     softmax_fn = softmax_function(softmax)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if _is_foldable_norm(child):
-                setattr(parent, name, child.fuse())
+                setattr(parent, name, cast(Callable[[], nn.Module], child.fuse)())
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if _is_attention(child):
@@ -105,20 +160,49 @@ def prepare_model(model: nn.Module, softmax: str = "native") -> nn.Module:
     leftover = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover:
         raise RuntimeError(f"batch norms left unfolded in the prepared model: {leftover[:3]}")
+    if attention != "explicit":
+        set_attention(model, attention)
     return model.eval()
+
+
+def prepared_attention_layers(model: nn.Module) -> list[PreparedAttention]:
+    """Every prepared attention layer of `model`; ValueError if it has none (not a prepared model)."""
+    layers = [m for m in model.modules() if isinstance(m, PreparedAttention)]
+    if not layers:
+        raise ValueError("model has no prepared attention layers; call prepare_model first")
+    return layers
 
 
 def set_softmax(model: nn.Module, softmax: str) -> nn.Module:
     """Switch every prepared attention layer of `model` to another softmax implementation."""
     softmax_fn = softmax_function(softmax)
-    layers = [m for m in model.modules() if isinstance(m, PreparedAttention)]
-    if not layers:
-        raise ValueError("model has no prepared attention layers; call prepare_model first")
-    for layer in layers:
+    for layer in prepared_attention_layers(model):
         layer.softmax = softmax_fn
     return model
 
 
-def load_model(variant: Variant, weights: WeightsSpec, softmax: str = "native") -> nn.Module:
+def set_attention(model: nn.Module, attention: str) -> nn.Module:
+    """Switch every prepared attention layer of `model` to another attention form (ATTENTION_IMPLS)."""
+    check_attention_impl(attention, "native")
+    layers = prepared_attention_layers(model)
+    fused = fused_attention_function() if attention == "fused" else None
+    for layer in layers:
+        layer.attention = attention  # type: ignore[assignment]  # checked against ATTENTION_IMPLS above
+        if fused is not None:
+            layer.attend = fused
+        elif attention == "sdpa":
+            layer.attend = sdpa_attention
+        else:
+            layer.attend = layer.explicit_attention
+    return model
+
+
+def attention_forms(model: nn.Module) -> set[str]:
+    """The attention forms the prepared layers of `model` use (one, unless set per layer by hand)."""
+    return {layer.attention for layer in prepared_attention_layers(model)}
+
+
+def load_model(variant: Variant, weights: WeightsSpec, softmax: str = "native", attention: str = "explicit"
+               ) -> nn.Module:
     """A prepared fp32 CPU model of `variant` with `weights`."""
-    return prepare_model(create_model(variant, weights), softmax=softmax)
+    return prepare_model(create_model(variant, weights), softmax=softmax, attention=attention)

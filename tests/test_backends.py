@@ -60,3 +60,39 @@ def test_torch_and_onnxruntime_agree_on_cpu(source: ModelSource) -> None:
     # float32 with another summation order: measured max diff 6e-6 on logits of std ~0.2.
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
     assert torch_backend.describe()["backend"] == "torch" and ort_backend.setup_seconds > 0
+
+
+def test_sdpa_backend_matches_explicit_torch_on_cpu(source: ModelSource) -> None:
+    explicit = create_backend("torch", source, "fp32", "cpu")
+    sdpa = create_backend("torch-sdpa", source, "fp32", "cpu")
+    images = synthetic_images(2, seed=32)
+    # Same fp32 function by another kernel: 0 on this CPU (SDPA's math path with a mask); fused
+    # GPU kernels sum in another order.
+    torch.testing.assert_close(sdpa(images), explicit(images), atol=1e-4, rtol=0)
+    assert (sdpa.describe()["attention"], explicit.describe()["attention"]) == ("sdpa", "explicit")
+
+
+def test_plugin_choice_is_checked_and_named(source: ModelSource) -> None:
+    plugin_backend = backend_class("torch-plugin")
+    assert plugin_backend.plugin_choices == ("attention", "softmax")
+    with pytest.raises(UnsupportedCombination, match="backend 'torch-plugin' has no plugin 'flash'"):
+        plugin_backend.availability_for("cuda", plugin="flash")
+    with pytest.raises(UnsupportedCombination, match="backend 'torch-sdpa' has no plugin 'softmax'"):
+        backend_class("torch-sdpa").check_plugin("softmax")
+
+
+def test_compiled_sdpa_backend_compiles_the_sdpa_model(source: ModelSource) -> None:
+    from levit_trt.models import attention_forms
+
+    backend = create_backend("torch-compile-sdpa", source, "fp32", "cpu")  # torch.compile is lazy: no compile here
+    assert attention_forms(backend.compiled._orig_mod) == {"sdpa"}
+    assert backend.describe()["attention"] == "sdpa"
+
+
+def test_case_ids_name_the_plugin_of_plugin_backends() -> None:
+    from levit_trt.matrix import Case
+
+    variant = resolve_variant("128S")
+    assert Case(variant, "torch-plugin", "fp16", 16, "cuda", plugin="softmax").id == "levit_128s-torch-plugin-softmax-fp16-bs16"
+    assert Case(variant, "torch-plugin", "fp16", 16, "cuda", True).id == "levit_128s-torch-plugin-attention-graph-fp16-bs16"
+    assert Case(variant, "torch-sdpa", "fp16", 16, "cuda", plugin="softmax").id == "levit_128s-torch-sdpa-fp16-bs16"

@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from levit_trt.models import PreparedAttention, prepare_model, set_softmax, softmax_function
+from levit_trt import models, plugins
+from levit_trt.models import (
+    PreparedAttention,
+    attention_forms,
+    prepare_model,
+    set_attention,
+    set_softmax,
+    softmax_function,
+)
 from levit_trt.variants import resolve_variant
 from levit_trt.weights import create_model, parse_weights, synthetic_images
 
@@ -69,3 +77,98 @@ def test_set_softmax_swaps_the_function(timm_model: nn.Module) -> None:
     set_softmax(prepared, "native")
     with pytest.raises(ValueError, match="no prepared attention layers"):
         set_softmax(nn.Linear(2, 2), "native")
+
+
+def float64_reference(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The explicit form of `model` in float64: the reference every attention form is judged against."""
+    with torch.no_grad():
+        return set_attention(copy.deepcopy(model), "explicit").double()(images.double())
+
+
+def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((got.double() - reference).norm() / reference.norm()).item()
+
+
+def test_sdpa_form_matches_float64_explicit_form(timm_model: nn.Module, monkeypatch) -> None:
+    prepared = prepare_model(copy.deepcopy(timm_model), attention="sdpa")
+    assert attention_forms(prepared) == {"sdpa"}
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["attn_mask"].shape)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(models.F, "scaled_dot_product_attention", counting)
+    images = synthetic_images(4, seed=23)
+    reference = float64_reference(prepared, images)
+    with torch.no_grad():
+        got = prepared(images)
+    assert len(calls) == 11 and calls[0] == (4, 196, 196)  # every attention went through SDPA, with its bias
+    # fp32 against float64: measured 1.7e-6 (the explicit fp32 form is off by the same); a missing scale,
+    # bias or a head mix-up is off by > 1e-1.
+    assert relative_error(got, reference) < 1e-5
+
+
+def contract_attention(calls: list[dict[str, object]]):
+    """A pure-torch `levit_trt::attention` per the contract that records what it was given and checks it."""
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+        batch, queries, heads, key_dim = q.shape
+        assert k.shape[:1] + k.shape[2:] == (batch, heads, key_dim) and v.shape[:3] == k.shape[:3]
+        assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+        assert bias.shape == (heads, queries, k.shape[1]) and bias.is_contiguous()
+        assert q.dtype == k.dtype == v.dtype == bias.dtype
+        calls.append({"q": q, "k": k, "v": v, "scale": scale})
+        weights = torch.softmax(q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) * scale + bias, -1)
+        return (weights @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(batch, queries, heads * v.shape[-1])
+
+    return attention
+
+
+def test_fused_form_passes_the_projection_views(timm_model: nn.Module, monkeypatch) -> None:
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(plugins, "load_attention_op", lambda: None, raising=False)
+    monkeypatch.setattr(plugins, "plugin_attention", contract_attention(calls), raising=False)
+    prepared = prepare_model(copy.deepcopy(timm_model), attention="fused")
+    images = synthetic_images(2, seed=24)
+    reference = float64_reference(prepared, images)
+    with torch.no_grad():
+        got = prepared(images)
+    assert len(calls) == 11
+    first, downsample = calls[0], calls[2]  # 128S: two attentions, then stage 1's downsampling attention
+    q, k, v = first["q"], first["k"], first["v"]
+    assert isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)
+    # Self-attention: q, k, v are views into the qkv output [B, 196, 4 * (16 + 16 + 32)], read in place.
+    row = 4 * (16 + 16 + 32)
+    assert q.shape == (2, 196, 4, 16) and v.shape == (2, 196, 4, 32)
+    assert q.stride() == k.stride() == v.stride() == (196 * row, row, 64, 1)
+    assert k.data_ptr() - q.data_ptr() == 16 * q.element_size() and v.data_ptr() - q.data_ptr() == 32 * q.element_size()
+    assert first["scale"] == 16 ** -0.5
+    # Downsample: k, v are views into kv [B, 196, 8 * (16 + 64)]; q is the q projection [B, 49, 8 * 16].
+    dq, dk, dv = downsample["q"], downsample["k"], downsample["v"]
+    assert isinstance(dq, torch.Tensor) and isinstance(dk, torch.Tensor) and isinstance(dv, torch.Tensor)
+    assert dq.shape == (2, 49, 8, 16) and dq.is_contiguous()
+    assert dk.stride() == dv.stride() == (196 * 640, 640, 80, 1) and dv.shape == (2, 196, 8, 64)
+    # Same function: fp32 against float64 as in the SDPA test.
+    assert relative_error(got, reference) < 1e-5
+
+
+def test_unknown_attention_form_is_refused(timm_model: nn.Module) -> None:
+    with pytest.raises(ValueError, match="unknown attention implementation 'flash'; choose one of explicit, sdpa, fused"):
+        prepare_model(copy.deepcopy(timm_model), attention="flash")
+    with pytest.raises(ValueError, match="softmax='plugin' applies to the explicit attention form only"):
+        prepare_model(copy.deepcopy(timm_model), softmax="plugin", attention="sdpa")
+    with pytest.raises(ValueError, match="no prepared attention layers"):
+        set_attention(nn.Linear(2, 2), "sdpa")
+
+
+def test_fused_form_without_the_op_says_how_to_build_it(timm_model: nn.Module, monkeypatch, tmp_path) -> None:
+    load = getattr(plugins, "load_attention_op", None)
+    if load is None:
+        pytest.skip("levit_trt.plugins has no load_attention_op yet (the attention op's bindings are not merged)")
+    if hasattr(torch.ops.levit_trt, "attention"):
+        pytest.skip("the attention op is loaded in this process already")
+    monkeypatch.setenv(plugins.PLUGIN_DIR_ENV, str(tmp_path))  # an empty plugin directory
+    with pytest.raises(plugins.PluginNotBuiltError, match="cmake"):
+        set_attention(prepare_model(copy.deepcopy(timm_model)), "fused")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from levit_trt.backends.base import ModelSource
+from levit_trt.backends.base import BackendUnavailable, ModelSource
 from levit_trt.backends.registry import create_backend
 from levit_trt.backends.torch_compiled import TorchCompileBackend, compile_modes
 from levit_trt.variants import resolve_variant
@@ -49,14 +49,17 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["torch-cudagraph", "torch-compile"])
+@pytest.mark.parametrize("name", ["torch-cudagraph", "torch-compile", "torch-compile-sdpa", "torch-compile-plugin"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_graph_backends_match_eager(source: ModelSource, name: str, precision: str) -> None:
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device: torch.cuda.is_available() is False")
     eager = create_backend("torch", source, precision, "cuda")
     reference = create_backend("torch", source, "fp32", "cuda")
-    backend = create_backend(name, source, precision, "cuda")
+    try:
+        backend = create_backend(name, source, precision, "cuda")
+    except BackendUnavailable as error:  # torch-compile-plugin without the built op
+        pytest.skip(str(error))
     for batch in (2, 5, 2):  # a second shape is captured/compiled on its own; the first is reused
         images = synthetic_images(batch, seed=50 + batch).cuda()
         exact = reference(images).double()
@@ -73,3 +76,27 @@ def test_cuda_graph_backends_match_eager(source: ModelSource, name: str, precisi
             assert cosine(got, exact) >= min(0.99, cosine(expected, exact) - 0.005)
     seconds = backend.describe()
     assert set(seconds.get("graph_capture_seconds", seconds.get("compile_seconds"))) == {"2", "5"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, options", [("torch-sdpa", {}), ("torch-plugin", {"plugin": "attention"}),
+                                           ("torch-plugin", {"plugin": "softmax"})], ids=["sdpa", "attention", "softmax"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_eager_attention_forms_match_fp32_reference(source: ModelSource, name: str, options: dict,
+                                                    precision: str) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: torch.cuda.is_available() is False")
+    try:
+        backend = create_backend(name, source, precision, "cuda", **options)
+    except BackendUnavailable as error:  # the plugin op not built
+        pytest.skip(str(error))
+    eager = create_backend("torch", source, precision, "cuda")
+    reference = create_backend("torch", source, "fp32", "cuda")
+    images = synthetic_images(4, seed=61).cuda()
+    exact = reference(images).double()
+    got = backend(backend.prepare_input(images)).double()
+    expected = eager(eager.prepare_input(images)).double()
+    if precision == "fp32":
+        assert (got - exact).norm() / exact.norm() < 1e-3  # as the compiled backends above
+    else:  # no worse than eager fp16 against fp32, as above
+        assert cosine(got, exact) >= min(0.99, cosine(expected, exact) - 0.005)

@@ -16,6 +16,10 @@ from levit_trt.variants import Variant
 from levit_trt.weights import WeightsSpec
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# Which of our CUDA plugins a plugin backend uses: the fused attention (default), or the softmax-only
+# plugin the reference profiled (kept so its comparison can be rerun).
+PLUGINS = ("attention", "softmax")
+DEFAULT_PLUGIN = "attention"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -64,13 +68,21 @@ class ModelSource:
     cache_dir: Path
     _model: nn.Module | None = field(default=None, repr=False)
 
-    def torch_model(self) -> nn.Module:
-        """A fresh copy of the prepared fp32 CPU model (native softmax)."""
+    def torch_model(self, attention: str = "explicit", softmax: str = "native") -> nn.Module:
+        """A fresh copy of the prepared fp32 CPU model, with the attention form and softmax asked for."""
+        from levit_trt.models import check_attention_impl, set_attention, set_softmax
+
+        check_attention_impl(attention, softmax)
         if self._model is None:
             from levit_trt.models import load_model
 
             self._model = load_model(self.variant, self.weights)
-        return copy.deepcopy(self._model)
+        model = copy.deepcopy(self._model)
+        if attention != "explicit":
+            set_attention(model, attention)
+        if softmax != "native":
+            set_softmax(model, softmax)
+        return model
 
     def onnx_path(self, options: Any = None) -> Path:
         """The cached ONNX export for `options` (an `ExportOptions`; default fp32, native softmax)."""
@@ -93,6 +105,8 @@ class Backend(ABC):
     # Whether `__call__` may be captured into a CUDA graph (`--cuda-graphs`): only work enqueued on
     # the current stream, no host synchronisation, not already a graph replay of its own.
     cuda_graph_capture: ClassVar[bool] = False
+    # The PLUGINS this backend can be built with (its `plugin` constructor option); empty: no choice.
+    plugin_choices: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, precision: str, device: str) -> None:
         self.check_supported(precision, device)
@@ -106,6 +120,19 @@ class Backend(ABC):
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
             return Availability(False, "no CUDA device (torch.cuda.is_available() is False)")
         return Availability(True)
+
+    @classmethod
+    def availability_for(cls, device: str, **options: Any) -> Availability:
+        """Whether the backend built with these constructor options can run here (a plugin choice needs
+        its own library); by default the options do not matter."""
+        return cls.availability(device)
+
+    @classmethod
+    def check_plugin(cls, plugin: str) -> None:
+        """ValueError unless `plugin` is one of this backend's plugin choices."""
+        if plugin not in cls.plugin_choices:
+            raise UnsupportedCombination(f"backend {cls.name!r} has no plugin {plugin!r}; choose one of "
+                                         f"{', '.join(cls.plugin_choices) or '(none)'}")
 
     @classmethod
     def check_supported(cls, precision: str, device: str) -> None:

@@ -10,8 +10,11 @@ from levit_trt.backends.base import Availability, Backend, ModelSource
 # name -> "module:Class"; each module imports its heavy library (tensorrt, onnxruntime) itself.
 BACKENDS: dict[str, str] = {
     "torch": "levit_trt.backends.torch_eager:TorchEagerBackend",
+    "torch-sdpa": "levit_trt.backends.torch_eager:TorchSdpaBackend",
     "torch-plugin": "levit_trt.backends.torch_eager:TorchPluginBackend",
     "torch-compile": "levit_trt.backends.torch_compiled:TorchCompileBackend",
+    "torch-compile-sdpa": "levit_trt.backends.torch_compiled:TorchCompileSdpaBackend",
+    "torch-compile-plugin": "levit_trt.backends.torch_compiled:TorchCompilePluginBackend",
     "torch-cudagraph": "levit_trt.backends.torch_compiled:TorchCudaGraphBackend",
     "onnxruntime": "levit_trt.backends.onnxruntime:OnnxRuntimeBackend",
     "tensorrt": "levit_trt.backends.tensorrt:TensorRTBackend",
@@ -43,10 +46,11 @@ def create_backend(name: str, source: ModelSource, precision: str, device: str, 
 
     cls = backend_class(name)
     cls.check_supported(precision, device)
-    status = cls.availability(device)
+    status = cls.availability_for(device, **options)
     if not status.available:
         raise BackendUnavailable(f"backend {name!r} on {device}: {status.reason}")
-    return cls(source, precision=precision, device=device, **options)  # type: ignore[call-arg]
+    # Concrete backends take (source, precision, device, **options); the abstract base does not.
+    return cls(source, precision=precision, device=device, **options)  # type: ignore[call-arg, misc, arg-type]
 
 
 def parse_backends(names: str | list[str]) -> list[str]:

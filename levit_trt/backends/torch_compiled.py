@@ -1,5 +1,9 @@
 """Compiled PyTorch peers: `torch-compile` (torch.compile) and `torch-cudagraph` (eager model, graph replay).
 
+`torch-compile-sdpa` compiles the model whose attention is `F.scaled_dot_product_attention`, and
+`torch-compile-plugin` the one whose attention is our `levit_trt::attention` op (its fake kernel lets
+fullgraph tracing pass through it), so the op is measured against, and inside, what inductor makes.
+
 A PyTorch user who does not adopt TensorRT reaches for these, so every TensorRT speed-up is also
 measured against them. Both start from the prepared model (batch norms folded, attention biases held
 in buffers): timm's own LeViT writes a bias cache on its first eval call, which breaks CUDA-graph
@@ -18,7 +22,8 @@ from typing import Any, ClassVar
 import torch
 import torch._inductor
 
-from levit_trt.backends.base import Backend, ModelSource
+from levit_trt.backends.base import Availability, Backend, ModelSource
+from levit_trt.backends.torch_eager import attention_op_built
 from levit_trt.timing import capture_cuda_graph
 
 
@@ -43,6 +48,7 @@ class TorchCompileBackend(Backend):
 
     name = "torch-compile"
     supported: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
+    attention: ClassVar[str] = "explicit"  # levit_trt.models.ATTENTION_IMPLS
 
     def __init__(self, source: ModelSource, precision: str = "fp32", device: str = "cpu",
                  mode: str | None = None) -> None:
@@ -53,7 +59,7 @@ class TorchCompileBackend(Backend):
                              f"{', '.join(compile_modes())}")
         self.variant = source.variant.display
         started = time.perf_counter()
-        model = source.torch_model().to(self.device, self.input_dtype).eval()
+        model = source.torch_model(attention=self.attention).to(self.device, self.input_dtype).eval()
         self.compiled = torch.compile(model, mode=self.mode, dynamic=False, fullgraph=True)
         self.uses_cuda_graphs = bool(torch._inductor.list_mode_options(self.mode).get("triton.cudagraphs"))
         self.compile_seconds: dict[int, float] = {}
@@ -86,8 +92,28 @@ class TorchCompileBackend(Backend):
         return self._run(images)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "compile_mode": self.mode, "inductor_cudagraphs": self.uses_cuda_graphs,
+        return {**super().describe(), "attention": self.attention, "softmax": "native", "compile_mode": self.mode,
+                "inductor_cudagraphs": self.uses_cuda_graphs,
                 "compile_seconds": {str(b): round(s, 3) for b, s in self.compile_seconds.items()}}
+
+
+class TorchCompileSdpaBackend(TorchCompileBackend):
+    """torch.compile of the prepared model whose attention is F.scaled_dot_product_attention with the bias."""
+
+    name = "torch-compile-sdpa"
+    attention = "sdpa"
+
+
+class TorchCompilePluginBackend(TorchCompileBackend):
+    """torch.compile of the prepared model whose attention is the fused `levit_trt::attention` op."""
+
+    name = "torch-compile-plugin"
+    supported: ClassVar[dict[str, tuple[str, ...]]] = {"cuda": ("fp32", "fp16")}
+    attention = "fused"
+
+    @classmethod
+    def availability(cls, device: str) -> Availability:
+        return super().availability(device).requiring(attention_op_built)
 
 
 class TorchCudaGraphBackend(Backend):
@@ -135,5 +161,5 @@ class TorchCudaGraphBackend(Backend):
         return static_output
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(),
+        return {**super().describe(), "attention": "explicit", "softmax": "native",
                 "graph_capture_seconds": {str(b): round(s, 3) for b, s in self.capture_seconds.items()}}

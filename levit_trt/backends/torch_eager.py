@@ -1,46 +1,93 @@
-"""PyTorch eager: the reference every other backend is compared with (native or plugin softmax)."""
+"""PyTorch eager: the reference every other backend is compared with, and its SDPA and plugin forms.
+
+`torch` runs the explicit attention (what ONNX export writes), `torch-sdpa` PyTorch's own fused
+attention with the bias as mask (the best a PyTorch user would write), `torch-plugin` our CUDA ops:
+the fused `levit_trt::attention` by default, or the softmax-only op (`plugin="softmax"`).
+"""
 
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
-from levit_trt.backends.base import Availability, Backend, ModelSource
+from levit_trt.backends.base import DEFAULT_PLUGIN, PLUGINS, Availability, Backend, ModelSource
+
+
+def attention_op_built() -> object:
+    """The loaded `levit_trt::attention` op; PluginNotBuiltError with the build command when it is not built."""
+    from levit_trt.plugins import load_attention_op  # type: ignore[attr-defined]  # the attention op's bindings
+
+    return load_attention_op()
+
+
+def plugin_library_check(plugin: str) -> Any:
+    """What `Availability.requiring` calls to find the library a plugin choice needs."""
+    from levit_trt.plugins import torch_op_library
+
+    return attention_op_built if plugin == "attention" else torch_op_library
 
 
 class TorchEagerBackend(Backend):
     name = "torch"
     supported: ClassVar[dict[str, tuple[str, ...]]] = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
-    softmax = "native"
+    attention: ClassVar[str] = "explicit"  # levit_trt.models.ATTENTION_IMPLS
     cuda_graph_capture = True
 
     def __init__(self, source: ModelSource, precision: str = "fp32", device: str = "cpu") -> None:
         super().__init__(precision, device)
         started = time.perf_counter()
-        from levit_trt.models import set_softmax
-
-        model = source.torch_model()
-        if self.softmax != "native":
-            set_softmax(model, self.softmax)
-        self.model = model.to(self.device, self.input_dtype).eval()
+        self.forms = self.model_forms()
+        self.model = source.torch_model(**self.forms).to(self.device, self.input_dtype).eval()
         self.setup_seconds = time.perf_counter() - started
+
+    def model_forms(self) -> dict[str, str]:
+        """The prepared model's attention form and softmax (ModelSource.torch_model's arguments)."""
+        return {"attention": self.attention, "softmax": "native"}
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(images)
 
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.forms}
+
+
+class TorchSdpaBackend(TorchEagerBackend):
+    """PyTorch eager with each attention as `F.scaled_dot_product_attention(q, k, v, attn_mask=bias)`."""
+
+    name = "torch-sdpa"
+    attention = "sdpa"
+
 
 class TorchPluginBackend(TorchEagerBackend):
-    """PyTorch eager with attention's softmax replaced by the `levit_trt::softmax` CUDA op."""
+    """PyTorch eager with our CUDA op: the fused attention (default) or the softmax-only op inside the explicit form."""
 
     name = "torch-plugin"
     supported: ClassVar[dict[str, tuple[str, ...]]] = {"cuda": ("fp32", "fp16")}
-    softmax = "plugin"
+    plugin_choices = PLUGINS
+
+    def __init__(self, source: ModelSource, precision: str = "fp32", device: str = "cuda",
+                 plugin: str = DEFAULT_PLUGIN) -> None:
+        self.check_plugin(plugin)
+        self.plugin = plugin
+        super().__init__(source, precision, device)
+
+    def model_forms(self) -> dict[str, str]:
+        if self.plugin == "attention":
+            return {"attention": "fused", "softmax": "native"}
+        return {"attention": "explicit", "softmax": "plugin"}
 
     @classmethod
     def availability(cls, device: str) -> Availability:
-        from levit_trt.plugins import torch_op_library
+        return cls.availability_for(device)
 
-        return super().availability(device).requiring(torch_op_library)
+    @classmethod
+    def availability_for(cls, device: str, **options: Any) -> Availability:
+        plugin = options.get("plugin", DEFAULT_PLUGIN)
+        cls.check_plugin(plugin)
+        return Backend.availability(device).requiring(plugin_library_check(plugin))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "plugin": self.plugin}
