@@ -19,12 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from accuracy.conftest import AGREEMENT_IMAGES, AGREEMENT_SEED  # noqa: E402
-from levit_trt.backends.base import ModelSource  # noqa: E402
-from levit_trt.backends.registry import create_backend  # noqa: E402
-from levit_trt.thresholds import agreement  # noqa: E402
-from levit_trt.variants import resolve_variant  # noqa: E402
-from levit_trt.weights import create_model, parse_weights, synthetic_images  # noqa: E402
+from accuracy.conftest import AGREEMENT_IMAGES, AGREEMENT_SEED
+from levit_trt.backends.base import ModelSource
+from levit_trt.backends.registry import create_backend
+from levit_trt.thresholds import agreement
+from levit_trt.variants import resolve_variant
+from levit_trt.weights import create_model, parse_weights, synthetic_images
 
 CASES = (("onnxruntime", "fp32"), ("torch-cast", "fp16"), ("torch-cast", "bf16"), ("onnxruntime", "int8"))
 CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}

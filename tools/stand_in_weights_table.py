@@ -24,12 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from levit_trt.models import prepare_model  # noqa: E402
-from levit_trt.stability import StabilityReport, measure_stability  # noqa: E402
-from levit_trt.variants import VARIANTS, resolve_variant  # noqa: E402
-from levit_trt.weights import STAND_IN_RECIPE, StandInRecipe, make_realistic, synthetic_images  # noqa: E402
-
-AGREEMENT_SEED = 1234  # accuracy/conftest.py's images
+from accuracy.conftest import AGREEMENT_SEED
+from levit_trt.models import prepare_model
+from levit_trt.stability import StabilityReport, measure_stability
+from levit_trt.variants import VARIANTS, resolve_variant
+from levit_trt.weights import STAND_IN_RECIPE, StandInRecipe, make_realistic, synthetic_images
 
 ABLATIONS: dict[str, StandInRecipe] = {
     "recipe": STAND_IN_RECIPE,
