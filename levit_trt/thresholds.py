@@ -63,23 +63,26 @@ class AgreementFloor:
     cosine: float  # mean over images of the cosine between the two logit vectors
 
 
-# Measured on CPU with levit_128s, weights `random:0`, `random:1`, `random:2` and the 64
-# `synthetic_images` accuracy/test_agreement.py uses, against timm's unprepared model in fp32:
-#   fp32  ONNX Runtime, prepared PyTorch model: agreement 1.0, cosine 1.0000000 (worst image 0.9999998).
-#   fp16  prepared model cast to fp16 in PyTorch on the CPU: agreement 0.98-1.0, cosine 0.9993-0.9999.
-#   bf16  the same in bf16: agreement 0.86-0.92, cosine 0.992-0.997.
-#   int8  ONNX Runtime static Q/DQ (symmetric, per-channel weights, synthetic calibration), seeds 0-1:
-#         agreement 0.34-0.48, cosine 0.87-0.93; the onnxruntime int8 backend (default policy, 64
-#         synthetic calibration images), seeds 0-2: agreement 0.41-0.42, cosine 0.93-0.95.
-# Random weights amplify rounding (fp32 and float64 differ by up to 1e-3 on logits of std 0.3, and
-# the closest top-1/top-2 margins are 4e-4 to 1e-3), so the floors sit below those numbers;
-# pretrained weights agree far better. A broken backend (logits of other images, or the mean
-# logits) scores cosine 0.15-0.45 and near-zero agreement, well under every floor.
+# Measured with tools/agreement_floors_table.py on CPU: levit_128s, the stand-in weights `random:0`,
+# `random:1`, `random:2` (recipe 3, levit_trt/weights.py) and the 64 `synthetic_images` of
+# accuracy/test_agreement.py, against timm's unprepared model in fp32 (top-1 agreement / mean
+# logit cosine, worst image's cosine in brackets):
+#   fp32  ONNX Runtime: 1.000 / 1.0000000 (1.000000) on all three.
+#   fp16  prepared model cast to fp16 in PyTorch on the CPU: 0.984-1.000 / 0.999997-0.999998 (0.99998-0.99999);
+#         0.984 is one near-tie image of 64 (the same weights gave 1.000 in another run).
+#   bf16  the same in bf16: 0.969-0.984 / 0.99980-0.99983 (0.99937-0.99949).
+#   int8  the onnxruntime int8 backend (default policy, 64 synthetic calibration images): 0.594-0.703 /
+#         0.946-0.973 (0.861-0.939). Below issue 16's aim (0.85 / 0.98): the floor is set from what
+#         is measured, not from the aim; the quantizer (calibration, per-tensor activations) is
+#         what would have to improve, not this number.
+# The floors leave room for GPU engines, which keep more of the work in low precision than these CPU
+# casts; tests/test_agreement_floors.py shows that one doubled Q/DQ scale, one dropped attention
+# bias, a softmax over the wrong axis in one head group, or another batch's logits fail them.
 AGREEMENT_FLOORS: dict[str, AgreementFloor] = {
-    "fp32": AgreementFloor(top1=0.95, cosine=0.9999),  # 0.95: near-ties (margins ~1e-3) may flip
-    "fp16": AgreementFloor(top1=0.85, cosine=0.99),  # TensorRT fp16 may keep more in fp16 than PyTorch
-    "bf16": AgreementFloor(top1=0.75, cosine=0.98),
-    "int8": AgreementFloor(top1=0.33, cosine=0.9),  # the default policy measured 0.41-0.42 / 0.93-0.95
+    "fp32": AgreementFloor(top1=0.98, cosine=0.99999),  # on 64 images 0.98 allows one flipped near-tie
+    "fp16": AgreementFloor(top1=0.98, cosine=0.9995),
+    "bf16": AgreementFloor(top1=0.9, cosine=0.999),
+    "int8": AgreementFloor(top1=0.5, cosine=0.93),
 }
 
 

@@ -21,7 +21,7 @@ WeightsKind = Literal["pretrained", "random", "file"]
 
 # Bump when the recipe in `make_realistic` changes, so cached ONNX files and engines of random
 # weights are rebuilt.
-RANDOM_RECIPE_VERSION = 2
+RANDOM_RECIPE_VERSION = 3
 
 
 class WeightsError(RuntimeError):
@@ -104,7 +104,7 @@ def create_model(variant: Variant, weights: WeightsSpec) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(weights.seed)
             model = timm.create_model(variant.timm_name, pretrained=False)
-        make_realistic(model, seed=weights.seed)
+        make_realistic(model, variant, seed=weights.seed)
     else:
         model = timm.create_model(variant.timm_name, pretrained=False)
         assert weights.path is not None
@@ -223,36 +223,150 @@ def synthetic_images(count: int, size: int = 224, seed: int = 0) -> torch.Tensor
     return images
 
 
-# Residual-branch batch norms (timm initialises their scale to zero). Their scale sets how chaotic
-# a random LeViT is: measured on levit_128s, scales of 0.5-1.5 gave fp32-vs-fp64 logit errors of
-# 0.2, scales of 0.1-0.4 with attention biases of std 6 gave 1.5e-4 while 15 of 16 images still
-# got distinct top-1 classes.
-_RESIDUAL_NORM_SUFFIXES = ("proj.ln.bn", "mlp.ln2.bn")
+@dataclass(frozen=True)
+class StandInRecipe:
+    """The knobs of the stand-in (`random`) weights; `make_realistic` says why each is what it is."""
+
+    inner_norm: tuple[float, float]  # batch-norm scale range (uniform) inside a branch
+    trunk_norm: tuple[float, float]  # the same for the norms that write the trunk: stem, downsampling attention
+    residual_norm: tuple[float, float]  # the same for the last norm of a residual branch
+    norm_bias_std: float  # every batch norm's shift
+    attention_bias_std: float
+    head_logit_std: float  # the classifier is drawn for logits of about this std on calibration images
+    head_fan_in: int  # features each class's logit reads
+    stem_gradient: float | None  # std of the stem filters' ramp (edge) part against their mean (blob) part;
+    # None keeps timm's white-noise stem filters
+
+
+STAND_IN_RECIPE = StandInRecipe(
+    inner_norm=(0.8, 1.2), trunk_norm=(0.8, 1.2), residual_norm=(0.04, 0.1), norm_bias_std=0.1,
+    attention_bias_std=1.0, head_logit_std=2.0, head_fan_in=2, stem_gradient=0.5,
+)
+# Measured with `python3 tools/stand_in_weights_table.py --seeds 0,1` (the agreement suite's 64
+# images; fp64 columns on the first 16; errors and margins over the logit std; noise of std 1e-2):
+# variant     seed fp64-max  fp64-rms  cos-mean cos-min  top-1 distinct margin betw/in  std
+# LeViT-128S     0   3.8e-05   2.5e-06 0.999998 0.999992 1.000  26/32  0.258  0.995  2.371
+# LeViT-128S     1   1.9e-05   1.8e-06 0.999996 0.999983 1.000  22/32  0.326  0.982  2.532
+# LeViT-128      0   5.0e-05   3.6e-06 0.999998 0.999992 0.984  26/32  0.253  0.994  2.344
+# LeViT-128      1   2.4e-05   2.0e-06 0.999996 0.999965 1.000  28/32  0.261  0.982  2.250
+# LeViT-192      0   2.5e-05   2.1e-06 0.999997 0.999985 0.984  24/32  0.310  0.989  2.307
+# LeViT-192      1   2.8e-05   1.6e-06 0.999997 0.999988 0.984  23/32  0.212  0.985  2.691
+# LeViT-256      0   6.7e-05   3.9e-06 0.999997 0.999982 1.000  25/32  0.204  0.984  3.618
+# LeViT-256      1   4.0e-05   2.3e-06 0.999998 0.999988 1.000  22/32  0.316  0.982  2.114
+# LeViT-384      0   4.3e-05   3.4e-06 0.999997 0.999990 1.000  27/32  0.261  0.991  2.774
+# LeViT-384      1   3.0e-05   2.4e-06 0.999997 0.999988 1.000  23/32  0.218  0.984  2.372
+# The variants STAND_IN_RECIPE was measured on (tools/stand_in_weights_table.py); another model is refused.
+STAND_IN_MEASURED = ("levit_128s", "levit_128", "levit_192", "levit_256", "levit_384")
+
+
+def _smooth_filters(shape: torch.Size, gradient: float, generator: torch.Generator) -> torch.Tensor:
+    """Convolution filters that are each a random mean plus a random linear ramp across the kernel."""
+    out_channels, in_channels, height, width = shape
+    v, u = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    basis = torch.stack([torch.ones_like(u), u, v])  # [3, height, width]
+    weights = torch.randn(out_channels, in_channels, 3, 1, 1, generator=generator)
+    weights[:, :, 1:] *= gradient
+    return (weights * basis).sum(dim=2) / (in_channels * height * width) ** 0.5
+
+
+def _sparse_classifier(shape: torch.Size, recipe: StandInRecipe, generator: torch.Generator) -> torch.Tensor:
+    """Classifier weights where each class reads `head_fan_in` random features (of unit variance)."""
+    classes, features = shape
+    chosen = torch.rand(classes, features, generator=generator).topk(recipe.head_fan_in, dim=1).indices
+    weights = torch.zeros(classes, features)
+    # the two heads are averaged, so each gets sqrt(2) x the std
+    std = recipe.head_logit_std * 2 ** 0.5 / recipe.head_fan_in ** 0.5
+    weights.scatter_(1, chosen, std * torch.randn(classes, recipe.head_fan_in, generator=generator))
+    return weights
+
+
+def _check_measured(model: nn.Module, variant: Variant) -> None:
+    """Refuse a model the recipe was not measured on: another variant, timm's conv mode, another net."""
+    from timm.models import levit
+
+    if variant.name not in STAND_IN_MEASURED:
+        raise WeightsError(f"the stand-in weights recipe was not measured on {variant.display}; measure it "
+                           f"with tools/stand_in_weights_table.py and add it to STAND_IN_MEASURED")
+    expected = (levit.LevitDistilled.__name__, False, variant.depths, variant.num_heads, variant.embed_dims)
+    found: tuple[object, ...] = (type(model).__name__, getattr(model, "use_conv", None))
+    if found == expected[:2]:  # only then are the blocks timm's linear-mode ones
+        stages = list(model.stages)
+        found += (tuple(len(stage.blocks) for stage in stages),
+                  tuple(stage.blocks[0].attn.num_heads for stage in stages),
+                  tuple(stage.blocks[0].attn.qkv.linear.in_features for stage in stages))
+    if found != expected:
+        raise WeightsError(
+            f"the stand-in weights recipe makes only timm's linear-mode distilled LeViT stable; this model "
+            f"(class, conv mode, depths, heads, widths) is {found}, {variant.display} is {expected}")
 
 
 @torch.no_grad()
-def make_realistic(model: nn.Module, seed: int = 0, calibration_images: int = 32) -> nn.Module:
-    """Give a freshly initialised LeViT realistic, input-dependent activations, in place.
+def make_realistic(model: nn.Module, variant: Variant, seed: int = 0, recipe: StandInRecipe = STAND_IN_RECIPE,
+                   calibration_images: int = 32) -> nn.Module:
+    """Give a freshly initialised LeViT of `variant` smooth, input-dependent logits, in place.
 
-    timm initialises the batch-norm scale of every residual branch and all attention biases to
-    zero, so such a model's logits barely depend on the input and a parity test on it proves
-    little. This draws random batch-norm affines (small on residual branches, see above) and
-    strong attention biases, then re-estimates the running statistics on synthetic images.
+    timm initialises every residual branch's last batch-norm scale and all attention biases to zero,
+    so its logits barely depend on the input. Random weights drawn carelessly are worse: the network
+    is chaotic, so fp32 and float64 disagree and any backend's rounding flips classes (measured with
+    the earlier recipe, branch norms of 0.1-0.4 and attention biases of std 6: 1e-2 input noise gave
+    logit cosines down to 0.78 on LeViT-128S and 0.73 on LeViT-384). This recipe is smooth the way a
+    trained network is, for three reasons, each measured (tools/stand_in_weights_table.py):
+    - residual branches end in a norm of scale 0.04-0.1 against a trunk of about unit scale, so no
+      block can amplify what the blocks before it computed (during the search, with other norms at
+      0.5-1.5, branch scales of 0.05-0.15 gave LeViT-256 a worst fp32-vs-float64 error of 1.3e-4
+      of the logit std, 0.03-0.08 gave 3.6e-5);
+    - attention logits are moderate: q.k of about unit std (normalised q and k, scale 1/sqrt(key_dim))
+      plus biases of std 1, so no softmax is near one-hot (flatter attention, q and k at half
+      scale, was worse during the search: it averages values and the next norm re-amplifies them);
+    - the stem's filters are smooth (a mean plus a ramp across each 3x3 kernel), as a trained stem's
+      blobs and edges are, so the logits follow the images' coarse structure rather than their pixel
+      noise (during the search, with timm's white-noise filters 1e-2 input noise moved LeViT-128S's
+      logits by cosine 0.9989 and flipped 16% of top-1 classes; with smooth ones, 0.999996 and none);
+    - each class reads two features (`head_fan_in`): with dense classifier rows the logits of an
+      image were Gaussian over 1000 classes and near-ties flipped under the noise (1-2 of 32 images).
+    The classifier is drawn for logits of std `head_logit_std` on normalised features, so classes
+    spread over the images instead of one class winning everywhere. Running statistics are then
+    estimated on synthetic calibration images, in one batch: the eval-mode network then normalises
+    each layer with the statistics of inputs made by the already-normalised layers before it.
+    Deterministic per seed: every draw comes from one generator seeded with `seed`.
     """
+    from timm.models import levit
+
+    _check_measured(model, variant)
     generator = torch.Generator().manual_seed(seed)
-    norms = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for name, norm in norms:
-        low, high = (0.1, 0.4) if name.endswith(_RESIDUAL_NORM_SUFFIXES) else (0.5, 1.5)
-        norm.weight.copy_(low + (high - low) * torch.rand(norm.weight.shape, generator=generator))
-        norm.bias.copy_(0.2 * torch.randn(norm.bias.shape, generator=generator))
+
+    def uniform(shape: torch.Size, bounds: tuple[float, float]) -> torch.Tensor:
+        low, high = bounds
+        return low + (high - low) * torch.rand(shape, generator=generator)
+
+    stem = [model.stem.conv1, model.stem.conv2, model.stem.conv3, model.stem.conv4]
+    for conv in stem if recipe.stem_gradient is not None else ():
+        conv.linear.weight.copy_(_smooth_filters(conv.linear.weight.shape, recipe.stem_gradient, generator))
+    residual, trunk = set(), {conv.bn for conv in stem}
+    for module in model.modules():
+        if isinstance(module, levit.LevitBlock):
+            residual.update((module.attn.proj.ln.bn, module.mlp.ln2.bn))
+        elif isinstance(module, levit.LevitDownsample):
+            residual.add(module.mlp.ln2.bn)
+            trunk.add(module.attn_downsample.proj.ln.bn)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        bounds = (recipe.residual_norm if norm in residual else recipe.trunk_norm if norm in trunk
+                  else recipe.inner_norm)
+        norm.weight.copy_(uniform(norm.weight.shape, bounds))
+        norm.bias.copy_(recipe.norm_bias_std * torch.randn(norm.bias.shape, generator=generator))
         norm.reset_running_stats()
-        norm.momentum = None  # cumulative average over the calibration batches
+        norm.momentum = None  # running statistics = those of the calibration batch
     for name, parameter in model.named_parameters():
         if name.endswith("attention_biases"):
-            parameter.copy_(6.0 * torch.randn(parameter.shape, generator=generator))
+            parameter.copy_(recipe.attention_bias_std * torch.randn(parameter.shape, generator=generator))
+    for head in (model.head, model.head_dist):
+        head.bn.weight.fill_(1.0)
+        head.bn.bias.zero_()
+        head.linear.weight.copy_(_sparse_classifier(head.linear.weight.shape, recipe, generator))
+        head.linear.bias.zero_()
     model.train()
-    for batch in synthetic_images(calibration_images, seed=seed + 1).split(16):
-        model(batch)
-    for _, norm in norms:
+    model(synthetic_images(calibration_images, seed=seed + 1))
+    for norm in norms:
         norm.momentum = 0.1
     return model.eval()

@@ -144,26 +144,26 @@ def agreement(quantized: dict, source: ModelSource) -> dict[str, tuple[float, fl
     return {name: _agreement(_run(path, images.numpy()), reference) for name, (path, _) in quantized.items()}
 
 
-def test_default_policy_agrees_at_least_as_well_as_all_int8(agreement: dict) -> None:
-    """Judged by the mean logit cosine. Top-1 agreement on random weights turns on near-ties: on
-    another 64 images (seed 1234, the agreement suite's) all-int8 matched 0.50 and default 0.41 while
-    the cosines ranked default 0.949 > all-int8 0.931, so top-1 may only lose by that much noise."""
+def test_policies_compared_by_top1_and_cosine(agreement: dict) -> None:
+    """The order measured on the stand-in weights (recipe 3; numbers below): by cosine default >
+    activations > all-int8, by top-1 default = all-int8 > activations, every gap under 0.004 of
+    cosine and 0.07 of top-1 (4 images of 64). Keeping Hardswish out of INT8 did not recover the
+    reference's 10 points here, so no order is asserted beyond what that margin supports: the
+    default policy within 0.01 cosine and 0.1 top-1 of the best policy."""
     print("agreement with PyTorch fp32 (top-1, mean cosine):", agreement)
-    assert agreement["default"][1] >= agreement["all-int8"][1]
-    assert agreement["default"][0] >= agreement["all-int8"][0] - 0.1
+    assert agreement["default"][1] >= max(cosine for _, cosine in agreement.values()) - 0.01
+    assert agreement["default"][0] >= max(top1 for top1, _ in agreement.values()) - 0.1
 
 
-# Measured here (levit_128s random:0, 32 calibration and 64 other synthetic images, ONNX Runtime
-# 1.32 on a 2-core x86 CPU), top-1 agreement / mean logit cosine with PyTorch fp32:
-#   all-int8 0.438 / 0.922, activations 0.391 / 0.937, default 0.500 / 0.942.
-# Random weights amplify INT8 rounding far more than trained ones (top-1/top-2 logit margins have
-# a median of 0.05 on logits of std 0.34), hence the low agreement. The floors sit about 0.1 (top-1)
-# and 0.03 (cosine) under the measurements; logits of other images score cosine 0.24 and top-1 0.0,
-# the mean logits cosine 0.44.
+# Measured here (levit_128s random:0, stand-in recipe 3, 32 calibration and 64 other synthetic
+# images, ONNX Runtime on a 2-core x86 CPU), top-1 agreement / mean logit cosine with PyTorch fp32:
+#   all-int8 0.812 / 0.9785, activations 0.750 / 0.9809, default 0.812 / 0.9818.
+# The floors sit about 0.1 (top-1) and 0.01 (cosine) under the measurements; logits of other images
+# score near-zero agreement and cosine about 0.1 (tests/test_agreement_floors.py).
 FLOORS = {
-    "all-int8": (0.33, 0.89),
-    "activations": (0.29, 0.90),
-    "default": (0.40, 0.91),
+    "all-int8": (0.70, 0.97),
+    "activations": (0.65, 0.97),
+    "default": (0.70, 0.97),
 }
 
 
