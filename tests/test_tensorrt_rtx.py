@@ -127,7 +127,8 @@ def projection_and_attention_matmuls(model: onnx.ModelProto) -> tuple[set[str], 
     activations, read from the graph here (not through the layer report's helper)."""
     initializers = {init.name for init in model.graph.initializer}
     dq_of = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
-    projections, attention = set(), set()
+    projections: set[str] = set()
+    attention: set[str] = set()
     for node in model.graph.node:
         if node.op_type == "MatMul" and all(name in dq_of for name in node.input):
             (attention, projections)[dq_of[node.input[1]] in initializers].add(node.name)
