@@ -66,6 +66,19 @@ _ORT_OPTIONS: dict[str, Any] = {
     "DedicatedQDQPair": True,  # TensorRT cannot fuse one Q/DQ pair into two consumers
     "OpTypesToExcludeOutputQuantization": list(QUANTIZED_OP_TYPES),  # Q/DQ on inputs only
     "CalibPercentile": CALIBRATE_PERCENTILE,
+    # Per-channel MatMul weights along N, pinned rather than left to ORT's default (1 in 1.32). LeViT's projections
+    # are MatMul(x [B, N, K], W [K, N]). TensorRT Developer Guide, "Working with INT8" / "Working with Quantized
+    # Types", section "Per-Tensor and Per-Channel Quantization": activations are quantized per tensor only; a
+    # per-channel scale must run along the weight's output-channel axis (a scale along K cannot be taken out of
+    # the sum over K into the GEMM's output scale); per-channel weights are supported for convolution,
+    # deconvolution, fully connected and a MatMul whose second input is a constant, the guide naming only 2-D
+    # inputs for that MatMul case. Its explicit-quantization section (ONNX support) adds that a Gemm from
+    # torch.nn.Linear (transB=1, weight [N, K]) is quantized on axis 0, which ORT's Gemm rule already does.
+    # Measured with TensorRT-RTX 1.7.1 on LeViT-128S (tests/test_tensorrt_rtx.py): the 3-D x 2-D form needs no
+    # Reshape to 2-D; the builder flattens x to [B*N, K] itself and every projection runs as a "gemm" layer with
+    # INT8 input and INT8 weights. With axis 0 none does: each becomes a "runtime_fusion" layer that casts to
+    # float and multiplies in float.
+    "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},
 }
 
 

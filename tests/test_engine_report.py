@@ -10,6 +10,7 @@ from onnx import TensorProto, helper
 
 from levit_trt.tensorrt.layer_report import (
     REPORT_KEY,
+    int8_gemms_by_matmul_kind,
     layer_precision,
     layer_report,
     layer_report_path,
@@ -19,6 +20,7 @@ from levit_trt.tensorrt.layer_report import (
     read_layer_report,
     summarize_layer_precisions,
     tensor_precision,
+    weight_matmul_nodes,
     write_layer_report,
 )
 
@@ -144,3 +146,46 @@ def test_raw_control_characters_in_the_inspector_json() -> None:
     assert summarize_layer_precisions(raw) == summarize_layer_precisions(ENGINE_INFORMATION)
     report = layer_report(raw, {"cache_key": "k"})
     assert onnx_node_names(report["Layers"][0]["Metadata"]) == ["/stem/conv1/Conv", "/stem/Add"]
+
+
+def test_int8_gemms_by_matmul_kind_counts_only_gemms_fed_int8() -> None:
+    """As TensorRT-RTX 1.7.1 logged LeViT-128S: a projection in an INT8 gemm, an attention product in one, and a
+    projection whose weight is scaled along K in a runtime_fusion layer (INT8 in, multiplied in float) next to an
+    epilogue that holds the first MatMul again with a float input."""
+    layers = {"Layers": [
+        {"LayerType": "gemm", "Inputs": tensors("Int8"), "Outputs": tensors("Float"),
+         "Metadata": "[ONNX Layer: mm_proj]\x1f[ONNX Layer: w_DequantizeLinear]"},
+        {"LayerType": "kgen", "Inputs": tensors("Float"), "Outputs": tensors("Int8"),
+         "Metadata": "[ONNX Layer: mm_proj]\x1f[ONNX Layer: mm_proj_out_QuantizeLinear]"},
+        {"LayerType": "gemm", "Inputs": tensors("Int8", "Int8"), "Outputs": tensors("Float"),
+         "Metadata": "[ONNX Layer: mm_attn]"},
+        {"LayerType": "runtime_fusion", "Inputs": tensors("Int8"), "Outputs": tensors("Float"),
+         "Metadata": "[ONNX Layer: mm_proj_k]"},
+        {"LayerType": "gemm", "Inputs": tensors("Float"), "Outputs": tensors("Float"), "Metadata": "[ONNX Layer: head]"},
+    ]}
+    op_types = {"mm_proj": "MatMul", "mm_attn": "MatMul", "mm_proj_k": "MatMul", "head": "Gemm",
+                "w_DequantizeLinear": "DequantizeLinear"}
+    assert int8_gemms_by_matmul_kind(layers, op_types, {"mm_proj", "mm_proj_k", "head"}) == {
+        "Gemm/weight": {"nodes": 1, "int8_gemm": 0, "not_int8_gemm": ["head"]},
+        "MatMul/activation": {"nodes": 1, "int8_gemm": 1, "not_int8_gemm": []},
+        "MatMul/weight": {"nodes": 2, "int8_gemm": 1, "not_int8_gemm": ["mm_proj_k"]},
+    }
+    report = layer_report(json.dumps(layers), {}, op_types, {"mm_proj"})[REPORT_KEY]["int8_gemms_by_matmul_kind"]
+    assert report["MatMul/weight"]["nodes"] == 1 and report["MatMul/activation"]["nodes"] == 2
+
+
+def test_weight_matmul_nodes_are_those_with_a_dequantized_initializer_as_second_input() -> None:
+    scale, zero = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("z", TensorProto.INT8, [], [0])
+    weight = helper.make_tensor("w", TensorProto.INT8, [4, 4], [1] * 16)
+    nodes = [
+        helper.make_node("DequantizeLinear", ["w", "s", "z"], ["w_dq"], name="w_dq"),
+        helper.make_node("DequantizeLinear", ["x", "s", "z"], ["x_dq"], name="x_dq"),
+        helper.make_node("MatMul", ["x_dq", "w_dq"], ["y"], name="proj"),
+        helper.make_node("MatMul", ["x_dq", "x_dq"], ["a"]),  # unnamed: the parser calls it node_of_a
+        helper.make_node("Gemm", ["x_dq", "w_dq"], ["g"], name="gemm"),
+        helper.make_node("MatMul", ["x", "w_float"], ["f"], name="float_proj"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT8, [4, 4])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("y", "a", "g", "f")],
+                              [scale, zero, weight, helper.make_tensor("w_float", TensorProto.FLOAT, [4, 4], [0.0] * 16)])
+    assert weight_matmul_nodes(helper.make_model(graph)) == {"proj", "gemm"}

@@ -118,6 +118,29 @@ def test_qdq_is_in_the_form_tensorrt_consumes(quantized: dict) -> None:
     assert model.graph.input[0].name == INPUT_NAME and model.graph.output[0].name == OUTPUT_NAME
 
 
+def test_each_projection_matmul_weight_is_scaled_along_its_output_channels(quantized: dict, fp32_onnx: Path) -> None:
+    """LeViT's projections are MatMul(x [B, N, K], W [K, N]): each W's DequantizeLinear has axis 1 and N scales, the
+    axis TensorRT folds into the GEMM's output scale (quantize.py cites the docs). The ONNX Runtime agreement of
+    these files with PyTorch fp32 is `test_agreement_floor_per_policy`."""
+    fp32 = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_onnx)))
+    ranks = {info.name: len(info.type.tensor_type.shape.dim) for info in fp32.graph.value_info}
+    fp32_weights = {init.name: init.dims for init in fp32.graph.initializer}
+    projections = {node.name: (ranks[node.input[0]], list(fp32_weights[node.input[1]])) for node in fp32.graph.node
+                   if node.op_type == "MatMul" and node.input[1] in fp32_weights}
+    assert projections and {rank for rank, _ in projections.values()} == {3}
+    model = onnx.load(str(quantized["default"][0]))
+    initializers = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        if node.name not in projections:
+            continue
+        dq = producers[node.input[1]]
+        _, (k, n) = projections[node.name]
+        assert dq.op_type == "DequantizeLinear" and initializers[dq.input[0]].shape == (k, n), node.name
+        assert [a.i for a in dq.attribute if a.name == "axis"] == [1], node.name
+        assert initializers[dq.input[1]].shape == (n,), node.name
+
+
 def test_dynamic_batch_is_kept(quantized: dict) -> None:
     path = quantized["default"][0]
     images = synthetic_images(5, seed=9).numpy()

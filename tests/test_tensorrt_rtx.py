@@ -13,9 +13,10 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from levit_trt.backends.base import ModelSource
 from levit_trt.cli import main
@@ -110,6 +111,63 @@ def test_rtx_builds_each_onnx_form_with_its_layer_report(onnx_128s: dict[str, Pa
                             for layer in layers if layer_precision_of(layer) == "int8"]
         assert any(types & kept_types for types in int8_layer_types)
         assert all(types & {"QuantizeLinear", "DequantizeLinear"} for types in int8_layer_types if types & kept_types)
+        # Every projection (MatMul of a [B, N, K] activation and a per-channel [K, N] weight) is an INT8 GEMM; the
+        # attention products (activation x activation) are counted apart from them, and are INT8 GEMMs too.
+        gemms = ours["int8_gemms_by_matmul_kind"]
+        projections, attention = projection_and_attention_matmuls(onnx.load(str(onnx_128s["qdq"])))
+        assert gemms["MatMul/weight"] == {"nodes": len(projections), "int8_gemm": len(projections),
+                                          "not_int8_gemm": []}, gemms
+        assert gemms["MatMul/activation"] == {"nodes": len(attention), "int8_gemm": len(attention),
+                                              "not_int8_gemm": []}, gemms
+        assert projections and attention
+
+
+def projection_and_attention_matmuls(model: onnx.ModelProto) -> tuple[set[str], set[str]]:
+    """MatMul nodes whose second input is a dequantized initializer, and those whose inputs are both dequantized
+    activations, read from the graph here (not through the layer report's helper)."""
+    initializers = {init.name for init in model.graph.initializer}
+    dq_of = {node.output[0]: node.input[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    projections: set[str] = set()
+    attention: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type == "MatMul" and all(name in dq_of for name in node.input):
+            (attention, projections)[dq_of[node.input[1]] in initializers].add(node.name)
+    return projections, attention
+
+
+def with_matmul_weights_scaled_along_k(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same Q/DQ graph with each MatMul weight [K, N] requantized per K row (axis 0): the form TensorRT cannot
+    fold into the GEMM's output scale."""
+    initializers = {init.name: init for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        dq = producers.get(node.input[1]) if node.op_type == "MatMul" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[dq.input[0]]).astype(np.float64)
+        weight *= numpy_helper.to_array(initializers[dq.input[1]])[None, :]
+        scale = (np.abs(weight).max(axis=1) / 127).astype(np.float32)
+        quantized = np.clip(np.round(weight / scale[:, None]), -127, 127).astype(np.int8)
+        names = [f"{dq.name}_k_{part}" for part in ("weight", "scale", "zero_point")]
+        model.graph.initializer.extend([numpy_helper.from_array(quantized, names[0]),
+                                        numpy_helper.from_array(scale, names[1]),
+                                        numpy_helper.from_array(np.zeros(len(scale), np.int8), names[2])])
+        dq.input[:] = names
+        next(a for a in dq.attribute if a.name == "axis").i = 0
+    return model
+
+
+def test_matmul_weights_scaled_along_k_get_no_int8_gemm(onnx_128s: dict[str, Path], tmp_path: Path) -> None:
+    """What the projection check above guards against: the per-K-row form builds, but no projection is an INT8 GEMM
+    (RTX casts to float and multiplies in float), and the report says so while the attention products stay INT8."""
+    path = tmp_path / "axis0.onnx"
+    onnx.save(with_matmul_weights_scaled_along_k(onnx.load(str(onnx_128s["qdq"]))), str(path))
+    engine = tmp_path / "axis0.plan"
+    assert build(path, engine, tmp_path / "cache", "--precision", "int8") == 0
+    gemms = read_layer_report(layer_report_path(engine))[REPORT_KEY]["int8_gemms_by_matmul_kind"]
+    projections, attention = projection_and_attention_matmuls(onnx.load(str(path)))
+    assert gemms["MatMul/weight"]["int8_gemm"] == 0 and set(gemms["MatMul/weight"]["not_int8_gemm"]) == projections
+    assert gemms["MatMul/activation"]["int8_gemm"] == len(attention) > 0
 
 
 def layer_precision_of(layer: dict[str, object]) -> str:

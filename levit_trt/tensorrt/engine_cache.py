@@ -31,6 +31,7 @@ from levit_trt.tensorrt.layer_report import (
     layers_kept_float,
     onnx_node_op_types,
     read_layer_report,
+    weight_matmul_nodes,
     write_layer_report,
 )
 from levit_trt.tensorrt.options import (
@@ -415,7 +416,8 @@ def cached_engine(
             "manifest": manifest,
         }
         write_layer_report(directory / LAYERS_FILENAME,
-                           layer_report(built.engine_information, provenance, onnx_node_op_types(model)))
+                           layer_report(built.engine_information, provenance, onnx_node_op_types(model),
+                                        weight_matmul_nodes(model)))
         if calibration is not None and calibration.cache is None and built.calibration_cache:
             assert calib_manifest is not None
             data = built.calibration_cache

@@ -52,6 +52,10 @@ _LOG_LAYER_PATTERN = re.compile(
     r"Outputs: \[(?P<outputs>.*?)\], TacticName: (?P<tactic>[^,]*),.*?Metadata: (?P<metadata>.*)$")
 _LOG_DATATYPE_PATTERN = re.compile(r"Datatype: (\w+)")
 _QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
+_MATMUL_OP_TYPES = ("MatMul", "Gemm")
+# LayerType words of a GEMM layer: "gemm" is what TensorRT-RTX 1.7.1 logs for one (measured); MatrixMultiply is the
+# network layer type TensorRT gives an ONNX MatMul.
+_GEMM_LAYER_WORDS = ("gemm", "matrixmultiply")
 REFORMAT = "reformat"
 UNKNOWN = "unknown"
 INDEX = "index"
@@ -145,6 +149,49 @@ def int8_layers_by_op_type(layers_json: str | Mapping[str, Any], node_op_types: 
     return dict(sorted(counts.items()))
 
 
+def int8_gemm_nodes(layers_json: str | Mapping[str, Any]) -> set[str]:
+    """ONNX nodes held by a GEMM layer that takes INT8 inputs only: the MatMuls and Gemms that really multiply in INT8.
+
+    Judged by the layer's type and inputs, not by `layer_precision`: where TensorRT-RTX 1.7.1 cannot fold a weight's
+    scale into the GEMM (a MatMul weight scaled per K row, measured), it emits a "runtime_fusion" layer that takes
+    the INT8 activation, casts it and the weight to float and multiplies in float; that layer too has an INT8 input.
+    """
+    held: set[str] = set()
+    for layer in _layers(layers_json):
+        if not isinstance(layer, Mapping) or not any(word in str(layer.get("LayerType", "")).lower()
+                                                     for word in _GEMM_LAYER_WORDS):
+            continue
+        inputs = [tensor_precision(str(t.get("Format/Datatype", ""))) for t in layer.get("Inputs", ())
+                  if isinstance(t, Mapping)]
+        if inputs and all(precision == "int8" for precision in inputs):
+            held.update(onnx_node_names(str(layer.get("Metadata", ""))))
+    return held
+
+
+def int8_gemms_by_matmul_kind(layers_json: str | Mapping[str, Any], node_op_types: Mapping[str, str],
+                              weight_matmuls: Collection[str]) -> dict[str, dict[str, Any]]:
+    """"MatMul/weight", "MatMul/activation", "Gemm/weight" -> how many such ONNX nodes there are, how many run in an
+    INT8 GEMM (`int8_gemm_nodes`) and which do not: projections (a constant weight) apart from the attention
+    products (activation x activation), which a per-op-type count of INT8 layers mixes up with their epilogues."""
+    in_int8 = int8_gemm_nodes(layers_json)
+    kinds: dict[str, list[str]] = {}
+    for node, op_type in node_op_types.items():
+        if op_type in _MATMUL_OP_TYPES:
+            kinds.setdefault(f"{op_type}/{'weight' if node in weight_matmuls else 'activation'}", []).append(node)
+    return {kind: {"nodes": len(nodes), "int8_gemm": sum(node in in_int8 for node in nodes),
+                   "not_int8_gemm": sorted(node for node in nodes if node not in in_int8)}
+            for kind, nodes in sorted(kinds.items())}
+
+
+def weight_matmul_nodes(model: onnx.ModelProto) -> set[str]:
+    """MatMul/Gemm nodes whose second input is a constant weight through a DequantizeLinear (a quantized weight)."""
+    initializers = {init.name for init in model.graph.initializer}
+    dequantized = {node.output[0] for node in model.graph.node
+                   if node.op_type == "DequantizeLinear" and node.input and node.input[0] in initializers}
+    return {_parser_node_name(node) for node in model.graph.node
+            if node.op_type in _MATMUL_OP_TYPES and len(node.input) > 1 and node.input[1] in dequantized}
+
+
 def onnx_node_names(metadata: str) -> list[str]:
     """ONNX node names the ONNX parser recorded in a layer's metadata ('[ONNX Layer: name]' entries)."""
     names = (entry.split(_LOCAL_FUNCTION_SUFFIX, 1)[0] for entry in _ONNX_NODE_PATTERN.findall(metadata or ""))
@@ -158,8 +205,12 @@ def onnx_node_op_types(model: onnx.ModelProto) -> dict[str, str]:
     """
     from levit_trt.onnx_rewrites import standard_op_type
 
-    return {(node.name or (f"node_of_{node.output[0]}" if node.output else "")): standard_op_type(node)
-            for node in model.graph.node}
+    return {_parser_node_name(node): standard_op_type(node) for node in model.graph.node}
+
+
+def _parser_node_name(node: onnx.NodeProto) -> str:
+    """The node's name as TensorRT's ONNX parser records it: an unnamed node is "node_of_<its first output>"."""
+    return node.name or (f"node_of_{node.output[0]}" if node.output else "")
 
 
 def layers_kept_float(
@@ -182,14 +233,17 @@ def layers_kept_float(
 
 
 def layer_report(engine_information: str, provenance: Mapping[str, Any],
-                 node_op_types: Mapping[str, str] | None = None) -> dict[str, Any]:
+                 node_op_types: Mapping[str, str] | None = None,
+                 weight_matmuls: Collection[str] = ()) -> dict[str, Any]:
     """The inspector's JSON plus how the engine was built, its precision summary and (given the ONNX's node op
-    types) its INT8 layers per op type, for layers.json."""
+    types and its MatMul/Gemm nodes with a quantized weight) its INT8 layers per op type and INT8 GEMMs per MatMul
+    kind, for layers.json."""
     data: dict[str, Any] = _parse(engine_information)
     summary = summarize_layer_precisions(data)
     data[REPORT_KEY] = {**provenance, "precision_summary": summary}
     if node_op_types is not None:
         data[REPORT_KEY]["int8_layers_by_op_type"] = int8_layers_by_op_type(data, node_op_types)
+        data[REPORT_KEY]["int8_gemms_by_matmul_kind"] = int8_gemms_by_matmul_kind(data, node_op_types, weight_matmuls)
     return data
 
 
