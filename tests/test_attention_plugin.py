@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from levit_trt import plugins
+from levit_trt.attention_reference import model_inputs, reference_attention, relative_error
 from levit_trt.attention_shapes import LEVIT_ATTENTION_SHAPES, AttentionShape
 
 pytestmark = pytest.mark.gpu
@@ -40,31 +41,6 @@ def generator() -> torch.Generator:
     return torch.Generator(device="cuda").manual_seed(seed)
 
 
-def model_inputs(shape: AttentionShape, batch: int, dtype: torch.dtype, generator: torch.Generator,
-                 bias_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """q, k, v as the views PreparedAttention makes of its projections' outputs, and a bias [H, Nq, Nk]."""
-    h, dq, dv = shape.heads, shape.key_dim, shape.value_dim
-
-    def randn(*size: int) -> torch.Tensor:
-        return torch.randn(size, device="cuda", generator=generator).to(dtype)
-
-    if shape.downsample:
-        k, v = randn(batch, shape.keys, h * (dq + dv)).view(batch, shape.keys, h, -1).split([dq, dv], dim=3)
-        q = randn(batch, shape.queries, h * dq).view(batch, shape.queries, h, dq)
-    else:
-        q, k, v = randn(batch, shape.keys, h * (2 * dq + dv)).view(batch, shape.keys, h, -1).split([dq, dq, dv], dim=3)
-    bias = (torch.randn((h, shape.queries, shape.keys), device="cuda", generator=generator) * bias_scale).to(dtype)
-    return q, k, v, bias
-
-
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
-    """The contract's formula in float64."""
-    q, k, v, bias = (t.double() for t in (q, k, v, bias))
-    scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) * scale + bias
-    out = torch.softmax(scores, dim=-1) @ v.permute(0, 2, 1, 3)
-    return out.transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
-
-
 def poisoned_output(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.full((q.shape[0], q.shape[1], q.shape[2] * v.shape[3]), float("nan"), device="cuda", dtype=q.dtype)
 
@@ -81,8 +57,7 @@ def attention_into_poisoned(q, k, v, bias, scale, warps: int = 0) -> torch.Tenso
 
 def check(out: torch.Tensor, q, k, v, bias, scale, generator, what: str = "") -> None:
     assert torch.isfinite(out).all(), f"{what}: some outputs were not written (NaN poison left)"
-    expected = reference(q, k, v, bias, scale)
-    error = ((out.double() - expected).norm() / expected.norm()).item()
+    error = relative_error(out, reference_attention(q, k, v, bias, scale))
     assert error <= TOLERANCE[q.dtype], f"{what}: relative error {error:.3g} (seed {generator.initial_seed()})"
 
 

@@ -21,6 +21,7 @@
 // Include this header in exactly one translation unit per library (attention_kernel.cu does).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include <cuda_fp16.h>
@@ -333,7 +334,7 @@ struct FloatLayout
     static constexpr int kVStride = kValueDim;
     static constexpr int kProbabilityFloats = kKeysPadded * kFloatRowsPerPass;
     static constexpr int kFloatsBeforeProbabilities = kKeysPadded * (kKStride + kVStride);
-    static int bytes(int warps)
+    static constexpr int bytes(int warps)
     {
         return (kFloatsBeforeProbabilities + warps * kProbabilityFloats) * 4;
     }
@@ -564,33 +565,59 @@ inline int warpsPerCtaFor(AttentionProblem const& problem, int tiles)
     return (tiles + ctas - 1) / ctas;
 }
 
+constexpr int kMaxCachedDevices = 64;
+
+//! Raises `kernel`'s dynamic shared-memory limit to `bytes` once per device. Done on the first launch,
+//! which (as with every launch that a CUDA graph captures after a warm-up) is outside any capture.
+template <auto kKernel, int kBytes>
+cudaError_t allowSharedBytes()
+{
+    static std::atomic<uint64_t> raised{0};
+    int device = 0;
+    cudaError_t status = cudaGetDevice(&device);
+    if (status != cudaSuccess)
+    {
+        return status;
+    }
+    uint64_t const bit = device < kMaxCachedDevices ? uint64_t{1} << device : 0;
+    if (bit != 0 && (raised.load(std::memory_order_relaxed) & bit) != 0)
+    {
+        return cudaSuccess;
+    }
+    status = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+    if (status == cudaSuccess)
+    {
+        raised.fetch_or(bit, std::memory_order_relaxed);
+    }
+    return status;
+}
+
 template <int kKeyTiles, int kKeyDim, int kValueDim>
 cudaError_t launchFor(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
 {
     dim3 const block(static_cast<unsigned>(warps * 32));
+    cudaError_t status = cudaSuccess;
     if (problem.dtype == AttentionDType::kFloat16)
     {
-        auto* const kernel = attentionHalfKernel<kKeyTiles, kKeyDim, kValueDim>;
-        int const bytes = HalfLayout<kKeyTiles, kKeyDim, kValueDim>::kBytes;
-        cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-        if (status != cudaSuccess)
+        constexpr auto kernel = attentionHalfKernel<kKeyTiles, kKeyDim, kValueDim>;
+        constexpr int kBytes = HalfLayout<kKeyTiles, kKeyDim, kValueDim>::kBytes;
+        status = allowSharedBytes<kernel, kBytes>();
+        if (status == cudaSuccess)
         {
-            return status;
+            kernel<<<grid, block, kBytes, stream>>>(problem);
         }
-        kernel<<<grid, block, bytes, stream>>>(problem);
     }
     else
     {
-        auto* const kernel = attentionFloatKernel<kKeyTiles, kKeyDim, kValueDim>;
-        int const bytes = FloatLayout<kKeyTiles, kKeyDim, kValueDim>::bytes(warps);
-        cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-        if (status != cudaSuccess)
+        using Layout = FloatLayout<kKeyTiles, kKeyDim, kValueDim>;
+        constexpr auto kernel = attentionFloatKernel<kKeyTiles, kKeyDim, kValueDim>;
+        status = allowSharedBytes<kernel, Layout::bytes(kMaxWarpsPerCta)>();
+        if (status == cudaSuccess)
         {
-            return status;
+            kernel<<<grid, block, Layout::bytes(warps), stream>>>(problem);
         }
-        kernel<<<grid, block, bytes, stream>>>(problem);
     }
-    return cudaGetLastError();
+    return status == cudaSuccess ? cudaGetLastError() : status;
 }
 
 //! Key tiles the kernels are built for: 16, 64, 208 and 256 keys (LeViT's 16, 49 and 196, and 256
