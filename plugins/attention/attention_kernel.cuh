@@ -52,6 +52,13 @@ __device__ __forceinline__ void copyChunkAsync(void* sharedDst, void const* glob
         "l"(globalSrc), "r"(valid ? kChunkBytes : 0));
 }
 
+//! 4 bytes global -> shared, asynchronous, of which the first `bytes` (2 or 4) are read, the rest zeroed.
+__device__ __forceinline__ void copyWordAsync(void* sharedDst, void const* globalSrc, int bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(sharedAddress(sharedDst)), "l"(globalSrc),
+        "r"(bytes));
+}
+
 __device__ __forceinline__ void commitCopies()
 {
     asm volatile("cp.async.commit_group;\n" ::);
@@ -123,15 +130,41 @@ __device__ __forceinline__ T const* headSlice(AttentionOperand const& operand, i
 }
 
 //! Shared memory of the fp16 kernel: K and V rows padded by 16 bytes, so that the 8 row addresses of
-//! an ldmatrix land on 8 different 16-byte bank groups.
+//! an ldmatrix land on 8 different 16-byte bank groups; then each warp's 16 rows of bias, as they lie
+//! in global memory (rows `keys` apart, from the even element at or before the first).
 template <int kKeyTiles, int kKeyDim, int kValueDim>
 struct HalfLayout
 {
     static constexpr int kKeysPadded = kKeyTiles * 16;
     static constexpr int kKStride = kKeyDim + 8;
     static constexpr int kVStride = kValueDim + 8;
-    static constexpr int kBytes = kKeysPadded * (kKStride + kVStride) * 2;
+    static constexpr int kKeyValueBytes = kKeysPadded * (kKStride + kVStride) * 2;
+    __host__ __device__ static constexpr int biasBlockHalves(int keys)
+    {
+        return (kRowsPerWarp * keys + 2 + 7) / 8 * 8; // + the alignment shift and the last word's other half
+    }
+    __host__ __device__ static constexpr int bytes(int warps, int keys)
+    {
+        return kKeyValueBytes + warps * biasBlockHalves(keys) * 2;
+    }
 };
+
+//! Starts the copies of rows [firstRow, firstRow + rows) of one head's bias ([queries, keys],
+//! contiguous, within a tensor of `total` elements) into `shared`, in 4-byte words from the even
+//! element at or before the first; returns that shift (0 or 1 elements). One warp's lanes share the copies.
+__device__ __forceinline__ int stageBiasRows(
+    __half* shared, __half const* bias, int64_t first, int count, int64_t total, int lane)
+{
+    int const shift = static_cast<int>(first & 1);
+    int64_t const alignedFirst = first - shift;
+    int const words = (count + shift + 1) / 2;
+    for (int w = lane; w < words; w += 32)
+    {
+        int64_t const element = alignedFirst + 2 * w;
+        copyWordAsync(shared + 2 * w, bias + element, element + 1 < total ? 4 : 2);
+    }
+    return shift;
+}
 
 template <int kKeyTiles, int kKeyDim, int kValueDim>
 __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(AttentionProblem const problem)
@@ -148,19 +181,33 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
     int const head = static_cast<int>(blockIdx.y);
     int const keys = problem.keys;
     int const queries = problem.queries;
+    int const lane = static_cast<int>(threadIdx.x % 32);
+    int const warp = static_cast<int>(threadIdx.x / 32);
+    int const tile = static_cast<int>(blockIdx.x) + warp * static_cast<int>(gridDim.x);
+    bool const active = tile * kRowsPerWarp < queries; // uniform across the warp
+
+    // Group 1: K, and this warp's bias rows (read once each, so staged rather than loaded where used:
+    // scattered 2-byte loads in the softmax cost a dependent global round trip per few keys).
     stageRows<__half, kKeyDim>(kShared, Layout::kKStride, headSlice<__half>(problem.k, batch, head),
         problem.k.tokenStride, keys, Layout::kKeysPadded);
+    __half* const biasShared = reinterpret_cast<__half*>(sharedBytes + Layout::kKeyValueBytes)
+        + warp * Layout::biasBlockHalves(keys);
+    int biasShift = 0;
+    if (active)
+    {
+        int const rows = min(kRowsPerWarp, queries - tile * kRowsPerWarp);
+        biasShift = stageBiasRows(biasShared, static_cast<__half const*>(problem.bias),
+            (static_cast<int64_t>(head) * queries + tile * kRowsPerWarp) * keys, rows * keys,
+            static_cast<int64_t>(problem.heads) * queries * keys, lane);
+    }
     commitCopies();
+    // Group 2: V, needed only after the softmax.
     stageRows<__half, kValueDim>(vShared, Layout::kVStride, headSlice<__half>(problem.v, batch, head),
         problem.v.tokenStride, keys, Layout::kKeysPadded);
     commitCopies();
 
-    int const lane = static_cast<int>(threadIdx.x % 32);
-    int const warp = static_cast<int>(threadIdx.x / 32);
     int const group = lane / 4; // the accumulator row (and row + 8) this lane holds
     int const quad = lane % 4;  // the accumulator column pair 2 * quad, 2 * quad + 1 of each n8 tile
-    int const tile = static_cast<int>(blockIdx.x) + warp * static_cast<int>(gridDim.x);
-    bool const active = tile * kRowsPerWarp < queries; // uniform across the warp
     int const row0 = tile * kRowsPerWarp + group;
     int const row1 = row0 + 8;
     bool const valid0 = row0 < queries;
@@ -182,7 +229,7 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
         }
     }
 
-    waitCopies<1>(); // K has landed (V may still be in flight)
+    waitCopies<1>(); // K and the bias have landed (V may still be in flight)
     __syncthreads();
 
     float scores[kScoreTiles][4];
@@ -215,9 +262,8 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
 
         // Scale, bias, mask; exponents in base 2 (exp(x) = exp2(x log2 e)).
         float const scaleLog2 = problem.scale * kLog2e;
-        __half const* const bias = static_cast<__half const*>(problem.bias) + static_cast<int64_t>(head) * queries * keys;
-        __half const* const bias0 = bias + static_cast<int64_t>(valid0 ? row0 : 0) * keys;
-        __half const* const bias1 = bias + static_cast<int64_t>(valid1 ? row1 : 0) * keys;
+        __half const* const bias0 = biasShared + biasShift + group * keys;
+        __half const* const bias1 = bias0 + 8 * keys;
         float max0 = -INFINITY;
         float max1 = -INFINITY;
 #pragma unroll
@@ -549,13 +595,15 @@ inline int multiprocessors()
     return count;
 }
 
-//! Warps per CTA: as many as 4 (K and V staged once for more query tiles) while the grid still has two
-//! CTAs per multiprocessor; fewer where the batch is too small to fill the GPU. Balanced so that the
-//! CTAs of one (batch, head) differ by at most one tile.
+//! Warps per CTA: as many as 4 (K and V staged once for more query tiles) while the grid still has a
+//! CTA per multiprocessor; fewer where the batch is too small to fill the GPU. Each CTA stages its
+//! head's whole K and V, so splitting further only multiplies that traffic (run 1 on the H200, fp16
+//! [16, 8, 49, 196, 32, 128]: 512 one-warp CTAs took 28 us, against 17 us for 48 CTAs at batch 1;
+//! NOTES.md). Balanced so that the CTAs of one (batch, head) differ by at most one tile.
 inline int warpsPerCtaFor(AttentionProblem const& problem, int tiles)
 {
     int64_t const slices = static_cast<int64_t>(problem.batch) * problem.heads;
-    int64_t const enough = 2 * static_cast<int64_t>(multiprocessors());
+    int64_t const enough = multiprocessors();
     int warps = tiles < kMaxWarpsPerCta ? tiles : kMaxWarpsPerCta;
     while (warps > 1 && slices * ((tiles + warps - 1) / warps) < enough)
     {
@@ -599,12 +647,12 @@ cudaError_t launchFor(AttentionProblem const& problem, dim3 grid, int warps, cud
     cudaError_t status = cudaSuccess;
     if (problem.dtype == AttentionDType::kFloat16)
     {
+        using Layout = HalfLayout<kKeyTiles, kKeyDim, kValueDim>;
         constexpr auto kernel = attentionHalfKernel<kKeyTiles, kKeyDim, kValueDim>;
-        constexpr int kBytes = HalfLayout<kKeyTiles, kKeyDim, kValueDim>::kBytes;
-        status = allowSharedBytes<kernel, kBytes>();
+        status = allowSharedBytes<kernel, Layout::bytes(kMaxWarpsPerCta, Layout::kKeysPadded)>();
         if (status == cudaSuccess)
         {
-            kernel<<<grid, block, kBytes, stream>>>(problem);
+            kernel<<<grid, block, Layout::bytes(warps, problem.keys), stream>>>(problem);
         }
     }
     else
