@@ -7,7 +7,8 @@
 #
 # Run from the repository root on a CUDA machine with torch (the repository root goes on PYTHONPATH).
 # Everything printed goes to $OUT/attention.log (default ./gpu-results); the timing writes
-# $OUT/attention.json. STAGE_TIMEOUT (seconds, default 150) caps each stage but the build.
+# $OUT/attention.json. STAGE_TIMEOUT (seconds, default 150) caps each stage but the build and racecheck,
+# which RACECHECK_TIMEOUT (default 240) caps.
 set -uo pipefail
 
 OUT=${OUT:-$PWD/gpu-results}
@@ -49,7 +50,9 @@ for stage in $stages; do
             -p no:cacheprovider
         ;;
     memcheck | racecheck)
-        run_stage "sanitizer-$stage" timeout "$limit" compute-sanitizer --tool "$stage" --error-exitcode 1 \
+        stage_limit=$limit
+        [ "$stage" = racecheck ] && stage_limit=${RACECHECK_TIMEOUT:-240}
+        run_stage "sanitizer-$stage" timeout "$stage_limit" compute-sanitizer --tool "$stage" --error-exitcode 1 \
             python3 tools/attention_gpu_check.py --correctness-only
         ;;
     timing)
