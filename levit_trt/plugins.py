@@ -1,4 +1,4 @@
-"""Finding and loading the built softmax plugin libraries, and the PyTorch op they provide.
+"""Finding and loading the built plugin libraries (softmax, fused attention) and their PyTorch ops.
 
 The one place that knows where CMake puts the libraries (`$LEVIT_TRT_PLUGIN_DIR`, else
 `<repo>/build`), what the TensorRT plugin is called (read from the C++ header that states it, so
@@ -50,23 +50,27 @@ class PluginIdentity:
     namespace: str
 
 
-@lru_cache(maxsize=1)
-def softmax_plugin_identity() -> PluginIdentity:
-    """Name, version and namespace from plugins/softmax/softmax_plugin_identity.h."""
+def _header_identity(header: Path, macro_prefix: str) -> PluginIdentity:
+    """Name, version and namespace from the `#define <macro_prefix>_{NAME,VERSION,NAMESPACE} "..."` lines."""
     try:
-        text = PLUGIN_IDENTITY_HEADER.read_text()
+        text = header.read_text()
     except OSError as error:
         raise FileNotFoundError(
-            f"cannot read the plugin identity header {PLUGIN_IDENTITY_HEADER} ({error}); "
-            "levit_trt expects to run from its source tree"
+            f"cannot read the plugin identity header {header} ({error}); levit_trt expects to run from its source tree"
         ) from error
     values = {}
     for key in ("NAME", "VERSION", "NAMESPACE"):
-        match = re.search(rf'^#define LEVIT_SOFTMAX_PLUGIN_{key} "([^"]*)"$', text, re.MULTILINE)
+        match = re.search(rf'^#define {macro_prefix}_{key} "([^"]*)"$', text, re.MULTILINE)
         if match is None:
-            raise ValueError(f"{PLUGIN_IDENTITY_HEADER}: no line '#define LEVIT_SOFTMAX_PLUGIN_{key} \"...\"'")
+            raise ValueError(f"{header}: no line '#define {macro_prefix}_{key} \"...\"'")
         values[key] = match.group(1)
     return PluginIdentity(values["NAME"], values["VERSION"], values["NAMESPACE"])
+
+
+@lru_cache(maxsize=1)
+def softmax_plugin_identity() -> PluginIdentity:
+    """Name, version and namespace from plugins/softmax/softmax_plugin_identity.h."""
+    return _header_identity(PLUGIN_IDENTITY_HEADER, "LEVIT_SOFTMAX_PLUGIN")
 
 
 def plugin_dir() -> Path:
@@ -120,52 +124,78 @@ def _plugin_library_handle(path: Path) -> ctypes.CDLL:
         raise PluginMismatchError(f"cannot load {path}: {error}\n{build_instructions()}") from error
 
 
-def trt_plugin_compiled_major(path: Path | None = None) -> int:
-    """The TensorRT major version (NV_TENSORRT_MAJOR) the plugin library was compiled against."""
-    library = _plugin_library_handle(path if path is not None else trt_plugin_library())
-    function = library.levit_softmax_trt_compiled_major
+def _compiled_major(library: Path, symbol_prefix: str) -> int:
+    function = getattr(_plugin_library_handle(library), f"{symbol_prefix}_trt_compiled_major")
     function.restype = ctypes.c_int32
     function.argtypes = []
     return int(function())
 
 
-def trt_plugin_library_identity(path: Path | None = None) -> PluginIdentity:
-    """Name, version and namespace compiled into the plugin library."""
-    library = _plugin_library_handle(path if path is not None else trt_plugin_library())
+def _compiled_identity(library: Path, symbol_prefix: str) -> PluginIdentity:
+    handle = _plugin_library_handle(library)
     values = []
-    for symbol in ("levit_softmax_plugin_name", "levit_softmax_plugin_version", "levit_softmax_plugin_namespace"):
-        function = getattr(library, symbol)
+    for part in ("name", "version", "namespace"):
+        function = getattr(handle, f"{symbol_prefix}_plugin_{part}")
         function.restype = ctypes.c_char_p
         function.argtypes = []
         values.append(function().decode())
     return PluginIdentity(*values)
 
 
-def check_trt_plugin_library(accepted_majors: Collection[int], path: Path | None = None,
-                             runtime: str = "this TensorRT") -> Path:
-    """The plugin library's path, after checking it suits this TensorRT and this source tree.
+def _checked_trt_library(library: Path, accepted_majors: Collection[int], symbol_prefix: str,
+                         expected: PluginIdentity, header: Path, runtime: str) -> Path:
+    """`library`, after checking it was built for headers `runtime` loads plugins of and registers `expected`.
 
     `accepted_majors` are the TensorRT header majors the installed TensorRT loads plugins of
     (levit_trt.tensorrt.options.plugin_header_majors: its own major; 11 for TensorRT-RTX, whose
     plugin interfaces are TensorRT 11's). A library built for another major would load and then
     fail obscurely, or crash.
     """
-    library = path if path is not None else trt_plugin_library()
-    compiled = trt_plugin_compiled_major(library)
+    compiled = _compiled_major(library, symbol_prefix)
     if compiled not in accepted_majors:
         wanted = " or ".join(f"{major}.x" for major in sorted(accepted_majors))
         raise PluginMismatchError(
             f"{library} was compiled against TensorRT {compiled}.x headers but {runtime} loads plugins built "
             f"against TensorRT {wanted} headers; rebuild it against those headers.\n{build_instructions()}"
         )
-    built = trt_plugin_library_identity(library)
-    expected = softmax_plugin_identity()
+    built = _compiled_identity(library, symbol_prefix)
     if built != expected:
         raise PluginMismatchError(
-            f"{library} registers {built} but {PLUGIN_IDENTITY_HEADER} says {expected}; the library is stale, "
+            f"{library} registers {built} but {header} says {expected}; the library is stale, "
             f"rebuild it.\n{build_instructions()}"
         )
     return library
+
+
+def trt_plugin_compiled_major(path: Path | None = None) -> int:
+    """The TensorRT major version (NV_TENSORRT_MAJOR) the plugin library was compiled against."""
+    return _compiled_major(path if path is not None else trt_plugin_library(), "levit_softmax")
+
+
+def trt_plugin_library_identity(path: Path | None = None) -> PluginIdentity:
+    """Name, version and namespace compiled into the plugin library."""
+    return _compiled_identity(path if path is not None else trt_plugin_library(), "levit_softmax")
+
+
+def check_trt_plugin_library(accepted_majors: Collection[int], path: Path | None = None,
+                             runtime: str = "this TensorRT") -> Path:
+    """The softmax plugin library's path, after checking it suits this TensorRT and this source tree."""
+    library = path if path is not None else trt_plugin_library()
+    return _checked_trt_library(library, accepted_majors, "levit_softmax", softmax_plugin_identity(),
+                                PLUGIN_IDENTITY_HEADER, runtime)
+
+
+def _load_op_library(path: Path) -> None:
+    """torch.ops.load_library, with the error saying to rebuild when the library does not fit this torch."""
+    import torch
+
+    try:
+        torch.ops.load_library(str(path))
+    except OSError as error:
+        raise PluginMismatchError(
+            f"cannot load {path} into torch {torch.__version__}: {error}\n"
+            f"It was probably built for another torch; rebuild it.\n{build_instructions()}"
+        ) from error
 
 
 _torch_op_lock = threading.Lock()
@@ -180,14 +210,7 @@ def load_torch_op() -> Callable[[torch.Tensor], torch.Tensor]:
             return _softmax_op
         import torch
 
-        path = torch_op_library()
-        try:
-            torch.ops.load_library(str(path))
-        except OSError as error:
-            raise PluginMismatchError(
-                f"cannot load {path} into torch {torch.__version__}: {error}\n"
-                f"It was probably built for another torch; rebuild it.\n{build_instructions()}"
-            ) from error
+        _load_op_library(torch_op_library())
         _softmax_op = torch.ops.levit_trt.softmax
         return _softmax_op
 
@@ -199,3 +222,63 @@ def plugin_softmax(x: torch.Tensor) -> torch.Tensor:
     """
     op = _softmax_op if _softmax_op is not None else load_torch_op()
     return op(x)
+
+
+# ---- Fused attention (plugins/attention/) ----------------------------------------------------------
+
+ATTENTION_TORCH_OP_LIBRARY_NAME = "liblevit_attention_torch.so"
+ATTENTION_TRT_PLUGIN_LIBRARY_NAME = "liblevit_attention_trt.so"
+ATTENTION_PLUGIN_IDENTITY_HEADER = REPO_ROOT / "plugins" / "attention" / "attention_plugin_identity.h"
+ATTENTION_TORCH_OP_NAME = "levit_trt::attention"
+
+
+@lru_cache(maxsize=1)
+def attention_plugin_identity() -> PluginIdentity:
+    """Name, version and namespace from plugins/attention/attention_plugin_identity.h."""
+    return _header_identity(ATTENTION_PLUGIN_IDENTITY_HEADER, "LEVIT_ATTENTION_PLUGIN")
+
+
+def attention_torch_op_library() -> Path:
+    """Path of the built fused-attention PyTorch op library; PluginNotBuiltError if it is not there."""
+    return _built_library(ATTENTION_TORCH_OP_LIBRARY_NAME, f"PyTorch op ({ATTENTION_TORCH_OP_NAME})")
+
+
+def attention_trt_plugin_library() -> Path:
+    """Path of the built fused-attention TensorRT plugin library; PluginNotBuiltError if it is not there."""
+    return _built_library(ATTENTION_TRT_PLUGIN_LIBRARY_NAME, "TensorRT attention plugin")
+
+
+def check_attention_trt_plugin_library(accepted_majors: Collection[int], path: Path | None = None,
+                                       runtime: str = "this TensorRT") -> Path:
+    """The attention plugin library's path, after checking it suits this TensorRT and this source tree."""
+    library = path if path is not None else attention_trt_plugin_library()
+    return _checked_trt_library(library, accepted_majors, "levit_attention", attention_plugin_identity(),
+                                ATTENTION_PLUGIN_IDENTITY_HEADER, runtime)
+
+
+AttentionOp = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor", float], "torch.Tensor"]
+_attention_op: AttentionOp | None = None
+
+
+def load_attention_op() -> AttentionOp:
+    """Load the attention op library once per process and return `torch.ops.levit_trt.attention`."""
+    global _attention_op
+    with _torch_op_lock:
+        if _attention_op is None:
+            import torch
+
+            _load_op_library(attention_torch_op_library())
+            _attention_op = torch.ops.levit_trt.attention
+        return _attention_op
+
+
+def plugin_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v as [B, Nq, H*Dv], through `levit_trt::attention` (CUDA fp16/fp32).
+
+    q [B, Nq, H, Dq], k [B, Nk, H, Dq], v [B, Nk, H, Dv] may be the strided views the projections
+    give (last axis contiguous); bias [H, Nq, Nk]. Once loaded, this is a plain op call, so
+    torch.compile(fullgraph=True) traces through it.
+    """
+    op = _attention_op if _attention_op is not None else load_attention_op()
+    return op(q, k, v, bias, scale)

@@ -1,6 +1,6 @@
-"""CMake builds both plugin libraries with nvcc (compile and link only; no GPU needed).
+"""CMake builds the plugin libraries (softmax and fused attention) with nvcc (compile and link only; no GPU needed).
 
-The TensorRT plugin is built against each TensorRT header set in ../shared/tensorrt-headers
+The TensorRT plugins are built against each TensorRT header set in ../shared/tensorrt-headers
 (or $LEVIT_TRT_HEADERS_DIR) for one CUDA architecture, without libnvinfer; the PyTorch op against
 the torch this interpreter imports. Skipped, with the reason, where cmake, nvcc, the headers or a
 CUDA build of torch are missing.
@@ -81,21 +81,28 @@ def test_trt_plugin_builds_against_headers(tmp_path, version):
         pytest.skip(f"TensorRT {version} headers not found at {headers}")
 
     cmake_build(tmp_path, nvcc, f"-DTENSORRT_INCLUDE_DIR={headers}", "-DLEVIT_BUILD_TORCH_OP=OFF")
-    library = tmp_path / plugins.TRT_PLUGIN_LIBRARY_NAME
-    assert library.is_file()
     assert not (tmp_path / plugins.TORCH_OP_LIBRARY_NAME).exists()
-
-    # TensorRT is left to be resolved where the library is loaded: no libnvinfer dependency.
-    assert not [name for name in needed_libraries(library) if "nvinfer" in name]
-    # What IPluginRegistry::loadLibrary looks up, and what levit_trt reads through ctypes.
-    handle = ctypes.CDLL(str(library))
-    for symbol in ("getCreators", "setLoggerFinder", "levit_softmax_trt_compiled_major"):
-        assert hasattr(handle, symbol), f"{library.name} does not export {symbol}"
-    assert plugins.trt_plugin_compiled_major(library) == header_major(headers)
-    assert plugins.trt_plugin_library_identity(library) == plugins.softmax_plugin_identity()
-    plugins.check_trt_plugin_library((header_major(headers),), library)
-    with pytest.raises(plugins.PluginMismatchError, match="rebuild"):
-        plugins.check_trt_plugin_library((header_major(headers) + 1,), library)
+    assert not (tmp_path / plugins.ATTENTION_TORCH_OP_LIBRARY_NAME).exists()
+    major = header_major(headers)
+    for name, prefix, check in (
+        (plugins.TRT_PLUGIN_LIBRARY_NAME, "levit_softmax", plugins.check_trt_plugin_library),
+        (plugins.ATTENTION_TRT_PLUGIN_LIBRARY_NAME, "levit_attention", plugins.check_attention_trt_plugin_library),
+    ):
+        library = tmp_path / name
+        assert library.is_file()
+        # TensorRT is left to be resolved where the library is loaded: no libnvinfer dependency.
+        assert not [needed for needed in needed_libraries(library) if "nvinfer" in needed]
+        # What IPluginRegistry::loadLibrary looks up, and what levit_trt reads through ctypes.
+        handle = ctypes.CDLL(str(library))
+        for symbol in ("getCreators", "setLoggerFinder", f"{prefix}_trt_compiled_major", f"{prefix}_plugin_name"):
+            assert hasattr(handle, symbol), f"{library.name} does not export {symbol}"
+        check((major,), library)
+        with pytest.raises(plugins.PluginMismatchError, match="rebuild"):
+            check((major + 1,), library)
+    softmax_library = tmp_path / plugins.TRT_PLUGIN_LIBRARY_NAME
+    assert plugins.trt_plugin_compiled_major(softmax_library) == major
+    assert plugins.trt_plugin_library_identity(softmax_library) == plugins.softmax_plugin_identity()
+    assert plugins.attention_plugin_identity() == plugins.PluginIdentity("LevitAttention", "1", "levit_trt")
 
 
 def test_torch_op_builds_and_registers(tmp_path):
@@ -105,14 +112,19 @@ def test_torch_op_builds_and_registers(tmp_path):
         pytest.skip(f"torch {torch.__version__} is a CPU-only build (no CUDA headers)")
 
     cmake_build(tmp_path, nvcc, "-DLEVIT_BUILD_TRT_PLUGIN=OFF", f"-DPython3_EXECUTABLE={sys.executable}")
-    library = tmp_path / plugins.TORCH_OP_LIBRARY_NAME
-    assert library.is_file()
+    assert (tmp_path / plugins.TORCH_OP_LIBRARY_NAME).is_file()
+    assert (tmp_path / plugins.ATTENTION_TORCH_OP_LIBRARY_NAME).is_file()
     assert not (tmp_path / plugins.TRT_PLUGIN_LIBRARY_NAME).exists()
 
-    # Load it in a fresh interpreter through levit_trt (not in this one: a registered op library
-    # cannot be unloaded) and run the Meta kernel, which needs no GPU.
+    # Load both in a fresh interpreter through levit_trt (not in this one: a registered op library
+    # cannot be unloaded), the attention op first (it adds to the namespace the softmax one defines),
+    # and run the Meta kernels, which need no GPU.
     probe = (
-        "import torch; from levit_trt import plugins; op = plugins.load_torch_op(); "
+        "import torch; from levit_trt import plugins; attention = plugins.load_attention_op(); "
+        "op = plugins.load_torch_op(); "
+        "m = lambda *s: torch.empty(s, device='meta', dtype=torch.float16); "
+        "q, k, v = m(8, 196, 6, 128).split([32, 32, 64], dim=3); "
+        "a = attention(q, k, v, m(6, 196, 196), 0.17); print(tuple(a.shape), a.dtype, a.device.type); "
         "y = op(torch.empty((8, 6, 196, 196), device='meta', dtype=torch.float16)); "
         "print(tuple(y.shape), y.dtype, y.device.type)"
     )
@@ -120,12 +132,14 @@ def test_torch_op_builds_and_registers(tmp_path):
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
                             check=False)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert result.stdout.strip().splitlines()[-1] == "(8, 6, 196, 196) torch.float16 meta"
+    assert result.stdout.strip().splitlines()[-2:] == ["(8, 196, 384) torch.float16 meta",
+                                                       "(8, 6, 196, 196) torch.float16 meta"]
 
 
 def test_missing_library_error_says_how_to_build(tmp_path, monkeypatch):
     monkeypatch.setenv(plugins.PLUGIN_DIR_ENV, str(tmp_path))
-    for find in (plugins.trt_plugin_library, plugins.torch_op_library):
+    for find in (plugins.trt_plugin_library, plugins.torch_op_library, plugins.attention_trt_plugin_library,
+                 plugins.attention_torch_op_library):
         with pytest.raises(plugins.PluginNotBuiltError, match=r"cmake -S \. -B build") as error:
             find()
         assert str(tmp_path) in str(error.value)

@@ -43,13 +43,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from levit_trt import plugins
+from levit_trt.attention_shapes import LEVIT_ATTENTION_SHAPES
 from levit_trt.timing import time_cuda_events, time_cuda_graphs_interleaved
-from levit_trt.variants import VARIANTS
 
 ROW_LENGTHS = (1, 16, 17, 49, 196, 1000, 1025, 4096)
 TOLERANCE = {torch.float32: 1e-6, torch.float16: 2e-3}
 BATCHES = (1, 8, 16, 64)
-PATCH_STRIDE = 16  # LeViT's stem: four stride-2 convolutions
 # The issue's reference shapes, with torch.softmax's time there on an H100 (issue 5).
 REFERENCE_SHAPES: tuple[tuple[tuple[int, ...], torch.dtype, float], ...] = (
     ((16, 6, 196, 196), torch.float16, 10.0),
@@ -108,26 +107,8 @@ def sweep_paths(text: str) -> set[str]:
 
 
 def levit_attention_shapes(batch: int) -> list[tuple[str, tuple[int, int, int, int]]]:
-    """[B, heads, queries, keys] of every attention in each variant (timm's levit.py layout).
-
-    Stage i attends over its tokens with num_heads[i] heads; the two subsampling attentions
-    between stages take queries from the strided grid and keys from the full one, with
-    embed_dim[i] // key_dim heads (timm: LevitDownsample(num_heads=in_dim // key_dim)).
-    """
-    shapes = []
-    for variant in VARIANTS.values():
-        side = variant.input_size // PATCH_STRIDE
-        tokens = [side * side]
-        for _ in range(2):
-            side = (side - 1) // 2 + 1
-            tokens.append(side * side)
-        for stage in range(3):
-            n = tokens[stage]
-            shapes.append((f"{variant.name} stage{stage + 1}", (batch, variant.num_heads[stage], n, n)))
-            if stage < 2:
-                heads = variant.embed_dims[stage] // variant.key_dim
-                shapes.append((f"{variant.name} subsample{stage + 1}", (batch, heads, tokens[stage + 1], n)))
-    return shapes
+    """[B, heads, queries, keys] of every attention in each variant (levit_trt.attention_shapes)."""
+    return [(f"{s.variant} {s.layer}", (batch, s.heads, s.queries, s.keys)) for s in LEVIT_ATTENTION_SHAPES]
 
 
 def relative_error(out: torch.Tensor, x: torch.Tensor) -> float:

@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "shape_text.h"
 #include "softmax_launch.h"
 
 namespace
@@ -21,18 +22,7 @@ namespace
 
 using levit_softmax::SoftmaxDType;
 using levit_softmax::SoftmaxLaunchTuning;
-
-//! "[16, 6, 196, 196]", formatted without iostreams: numbers streamed into an error message from this
-//! library crashed on the H100 machine (std::ostream::_M_insert<long> ran inside the op; NOTES.md).
-std::string shapeText(c10::IntArrayRef sizes)
-{
-    std::string text = "[";
-    for (size_t i = 0; i < sizes.size(); ++i)
-    {
-        text += (i == 0 ? "" : ", ") + std::to_string(sizes[i]);
-    }
-    return text + "]";
-}
+using levit_plugins::shapeText;
 
 void checkSupported(at::Tensor const& x)
 {

@@ -6,13 +6,13 @@
 
 #include <cstdio>
 #include <exception>
-#include <mutex>
 #include <new>
 
 #include <NvInferVersion.h>
 
 #include "softmax_launch.h"
 #include "softmax_plugin_identity.h"
+#include "trt_plugin_logger.h"
 
 namespace levit_softmax
 {
@@ -22,40 +22,10 @@ namespace
 using nvinfer1::DataType;
 using nvinfer1::PluginFieldType;
 using nvinfer1::TensorFormat;
+using levit_plugins::pluginLogger;
 
 constexpr char const* kAxisField = "axis";
 constexpr int32_t kLastAxis = -1;
-
-//! The logger TensorRT hands over through setLoggerFinder; plugin errors are also reported there.
-class PluginLogger
-{
-public:
-    void setFinder(nvinfer1::ILoggerFinder* finder) noexcept
-    {
-        std::lock_guard<std::mutex> lock(mMutex);
-        mFinder = finder;
-    }
-
-    void error(char const* message) noexcept
-    {
-        std::lock_guard<std::mutex> lock(mMutex);
-        nvinfer1::ILogger* logger = mFinder != nullptr ? mFinder->findLogger() : nullptr;
-        if (logger != nullptr)
-        {
-            logger->log(nvinfer1::ILogger::Severity::kERROR, message);
-        }
-    }
-
-private:
-    std::mutex mMutex;
-    nvinfer1::ILoggerFinder* mFinder{nullptr};
-};
-
-PluginLogger& pluginLogger() noexcept
-{
-    static PluginLogger logger;
-    return logger;
-}
 
 bool isSupportedType(DataType type) noexcept
 {
@@ -327,7 +297,7 @@ char const* SoftmaxPluginCreator::getPluginNamespace() const noexcept
 
 extern "C" LEVIT_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder)
 {
-    levit_softmax::pluginLogger().setFinder(finder);
+    levit_plugins::pluginLogger().setFinder(finder);
 }
 
 extern "C" LEVIT_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)

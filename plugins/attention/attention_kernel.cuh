@@ -1,0 +1,778 @@
+// Fused LeViT attention, softmax(q k^T * scale + bias) v, fp16 and fp32, fp32 accumulation.
+//
+// One CTA per (query tile group, head, batch) stages K and V of its (batch, head) whole in shared
+// memory with 16-byte cp.async copies (pad rows up to a multiple of 16 keys zero-filled), read
+// through q/k/v's own strides, so the kernel reads them where the qkv / kv and q projections wrote
+// them. Several CTAs share a (batch, head) over its query tiles, so that batch 1 still spreads over
+// the GPU; tiles are dealt to the CTAs round-robin (tile = blockIdx.x + warp * gridDim.x).
+//
+// fp16 (tensor cores, mma.sync m16n8k16 with fp32 accumulators): a warp owns 16 query rows and
+// holds their whole score row in registers (196 keys: 13 key tiles of 16, 26 accumulator tiles of
+// n8). Q's A fragments come straight from global memory; K's B fragments through ldmatrix, V's
+// through ldmatrix.trans. Scores are scaled, biased and exponentiated in registers (exp2 of the
+// score times log2(e)), pad keys masked to -inf; the accumulators then convert to fp16 and are
+// the A fragments of the P.V product as they stand (the m16n8 C layout of two adjacent n8 tiles is
+// the m16k16 A layout), FlashAttention-2 style. The row sum stays in fp32 and divides O at the end.
+// fp32: the same structure on the SIMT units (plain fp32 FMA, not TF32: TF32's 10-bit mantissa
+// would miss the fp32 tolerance): a warp takes its 16 rows 4 at a time, each lane 1/32 of the keys
+// for q.k and 1/32 of the value columns for P.V, the probabilities passed through shared memory.
+//
+// No framework includes: the TensorRT plugin and the PyTorch op both call attentionForward().
+// Include this header in exactly one translation unit per library (attention_kernel.cu does).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "attention_launch.h"
+
+namespace levit_attention
+{
+namespace detail
+{
+
+constexpr int kRowsPerWarp = 16;   // one m16 tile of queries per warp
+constexpr int kMaxWarpsPerCta = 4; // the dispatcher's largest CTA
+constexpr int kFloatRowsPerPass = 4; // fp32: rows a warp computes together (reuses each K/V read 4 times)
+constexpr float kLog2e = 1.4426950408889634F;
+constexpr int kChunkBytes = 16;
+
+__device__ __forceinline__ uint32_t sharedAddress(void const* pointer)
+{
+    return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+//! 16 bytes global -> shared, asynchronous; with `valid` false it writes 16 zero bytes and reads nothing.
+__device__ __forceinline__ void copyChunkAsync(void* sharedDst, void const* globalSrc, bool valid)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sharedAddress(sharedDst)),
+        "l"(globalSrc), "r"(valid ? kChunkBytes : 0));
+}
+
+//! 4 bytes global -> shared, asynchronous, of which the first `bytes` (2 or 4) are read, the rest zeroed.
+__device__ __forceinline__ void copyWordAsync(void* sharedDst, void const* globalSrc, int bytes)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(sharedAddress(sharedDst)), "l"(globalSrc),
+        "r"(bytes));
+}
+
+__device__ __forceinline__ void commitCopies()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+
+template <int kPendingGroups>
+__device__ __forceinline__ void waitCopies()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(kPendingGroups));
+}
+
+__device__ __forceinline__ void loadMatrices(uint32_t (&r)[4], uint32_t address)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+
+__device__ __forceinline__ void loadMatricesTransposed(uint32_t (&r)[4], uint32_t address)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(address));
+}
+
+//! d += a (16x16, row-major fp16) * b (16x8, column-major fp16), fp32 accumulators.
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t const (&a)[4], uint32_t b0, uint32_t b1)
+{
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t packHalves(float low, float high)
+{
+    __half2 const pair = __floats2half2_rn(low, high);
+    return *reinterpret_cast<uint32_t const*>(&pair);
+}
+
+__device__ __forceinline__ uint32_t loadHalfPair(__half const* p)
+{
+    return *reinterpret_cast<uint32_t const*>(p);
+}
+
+//! Starts the copies of rows [0, paddedRows) of one (batch, head) slice into a shared array of
+//! rows `sharedStride` elements apart; rows from `rows` on are zero-filled.
+template <typename T, int kWidth>
+__device__ __forceinline__ void stageRows(
+    T* shared, int sharedStride, T const* global, int64_t tokenStride, int rows, int paddedRows)
+{
+    constexpr int kPerChunk = kChunkBytes / static_cast<int>(sizeof(T));
+    constexpr int kChunksPerRow = kWidth / kPerChunk;
+    for (int i = threadIdx.x; i < paddedRows * kChunksPerRow; i += blockDim.x)
+    {
+        int const row = i / kChunksPerRow;
+        int const chunk = i % kChunksPerRow;
+        bool const valid = row < rows;
+        copyChunkAsync(shared + row * sharedStride + chunk * kPerChunk,
+            global + (valid ? row : 0) * tokenStride + chunk * kPerChunk, valid);
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ T const* headSlice(AttentionOperand const& operand, int batch, int head)
+{
+    return static_cast<T const*>(operand.data) + batch * operand.batchStride + head * operand.headStride;
+}
+
+//! Shared memory of the fp16 kernel: K and V rows padded by 16 bytes, so that the 8 row addresses of
+//! an ldmatrix land on 8 different 16-byte bank groups; then each warp's 16 rows of bias, as they lie
+//! in global memory (rows `keys` apart, from the even element at or before the first).
+template <int kKeyTiles, int kKeyDim, int kValueDim>
+struct HalfLayout
+{
+    static constexpr int kKeysPadded = kKeyTiles * 16;
+    static constexpr int kKStride = kKeyDim + 8;
+    static constexpr int kVStride = kValueDim + 8;
+    static constexpr int kKeyValueBytes = kKeysPadded * (kKStride + kVStride) * 2;
+    __host__ __device__ static constexpr int biasBlockHalves(int keys)
+    {
+        return (kRowsPerWarp * keys + 2 + 7) / 8 * 8; // + the alignment shift and the last word's other half
+    }
+    __host__ __device__ static constexpr int bytes(int warps, int keys)
+    {
+        return kKeyValueBytes + warps * biasBlockHalves(keys) * 2;
+    }
+};
+
+//! Starts the copies of rows [firstRow, firstRow + rows) of one head's bias ([queries, keys],
+//! contiguous, within a tensor of `total` elements) into `shared`, in 4-byte words from the even
+//! element at or before the first; returns that shift (0 or 1 elements). One warp's lanes share the copies.
+__device__ __forceinline__ int stageBiasRows(
+    __half* shared, __half const* bias, int64_t first, int count, int64_t total, int lane)
+{
+    int const shift = static_cast<int>(first & 1);
+    int64_t const alignedFirst = first - shift;
+    int const words = (count + shift + 1) / 2;
+    for (int w = lane; w < words; w += 32)
+    {
+        int64_t const element = alignedFirst + 2 * w;
+        copyWordAsync(shared + 2 * w, bias + element, element + 1 < total ? 4 : 2);
+    }
+    return shift;
+}
+
+template <int kKeyTiles, int kKeyDim, int kValueDim>
+__global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(AttentionProblem const problem)
+{
+    using Layout = HalfLayout<kKeyTiles, kKeyDim, kValueDim>;
+    constexpr int kScoreTiles = 2 * kKeyTiles;
+    constexpr int kKeySteps = kKeyDim / 16;
+    constexpr int kValueTiles = kValueDim / 8;
+    extern __shared__ __align__(16) unsigned char sharedBytes[];
+    __half* const kShared = reinterpret_cast<__half*>(sharedBytes);
+    __half* const vShared = kShared + Layout::kKeysPadded * Layout::kKStride;
+
+    int const batch = static_cast<int>(blockIdx.z);
+    int const head = static_cast<int>(blockIdx.y);
+    int const keys = problem.keys;
+    int const queries = problem.queries;
+    int const lane = static_cast<int>(threadIdx.x % 32);
+    int const warp = static_cast<int>(threadIdx.x / 32);
+    int const tile = static_cast<int>(blockIdx.x) + warp * static_cast<int>(gridDim.x);
+    bool const active = tile * kRowsPerWarp < queries; // uniform across the warp
+
+    // Group 1: K, and this warp's bias rows (read once each, so staged rather than loaded where used:
+    // scattered 2-byte loads in the softmax cost a dependent global round trip per few keys).
+    stageRows<__half, kKeyDim>(kShared, Layout::kKStride, headSlice<__half>(problem.k, batch, head),
+        problem.k.tokenStride, keys, Layout::kKeysPadded);
+    __half* const biasShared = reinterpret_cast<__half*>(sharedBytes + Layout::kKeyValueBytes)
+        + warp * Layout::biasBlockHalves(keys);
+    int biasShift = 0;
+    if (active)
+    {
+        int const rows = min(kRowsPerWarp, queries - tile * kRowsPerWarp);
+        biasShift = stageBiasRows(biasShared, static_cast<__half const*>(problem.bias),
+            (static_cast<int64_t>(head) * queries + tile * kRowsPerWarp) * keys, rows * keys,
+            static_cast<int64_t>(problem.heads) * queries * keys, lane);
+    }
+    commitCopies();
+    // Group 2: V, needed only after the softmax.
+    stageRows<__half, kValueDim>(vShared, Layout::kVStride, headSlice<__half>(problem.v, batch, head),
+        problem.v.tokenStride, keys, Layout::kKeysPadded);
+    commitCopies();
+
+    int const group = lane / 4; // the accumulator row (and row + 8) this lane holds
+    int const quad = lane % 4;  // the accumulator column pair 2 * quad, 2 * quad + 1 of each n8 tile
+    int const row0 = tile * kRowsPerWarp + group;
+    int const row1 = row0 + 8;
+    bool const valid0 = row0 < queries;
+    bool const valid1 = row1 < queries;
+
+    // Q's A fragments, read while K and V are in flight; rows past the last query are zero.
+    uint32_t qFragments[kKeySteps][4];
+    {
+        __half const* const q = headSlice<__half>(problem.q, batch, head);
+        __half const* const q0 = q + (valid0 ? row0 : 0) * problem.q.tokenStride + 2 * quad;
+        __half const* const q1 = q + (valid1 ? row1 : 0) * problem.q.tokenStride + 2 * quad;
+#pragma unroll
+        for (int step = 0; step < kKeySteps; ++step)
+        {
+            qFragments[step][0] = valid0 ? loadHalfPair(q0 + step * 16) : 0U;
+            qFragments[step][1] = valid1 ? loadHalfPair(q1 + step * 16) : 0U;
+            qFragments[step][2] = valid0 ? loadHalfPair(q0 + step * 16 + 8) : 0U;
+            qFragments[step][3] = valid1 ? loadHalfPair(q1 + step * 16 + 8) : 0U;
+        }
+    }
+
+    waitCopies<1>(); // K and the bias have landed (V may still be in flight)
+    __syncthreads();
+
+    float scores[kScoreTiles][4];
+#pragma unroll
+    for (int n = 0; n < kScoreTiles; ++n)
+    {
+        scores[n][0] = scores[n][1] = scores[n][2] = scores[n][3] = 0.0F;
+    }
+    float sum0 = 0.0F;
+    float sum1 = 0.0F;
+    uint32_t pFragments[kKeyTiles][4];
+    if (active)
+    {
+        // ldmatrix x4 over 16 keys x 16 features: matrices (keys 0-7 | 8-15) x (features 0-7 | 8-15);
+        // lanes 8m..8m+7 address matrix m's rows.
+        int const kRow = (lane / 16) * 8 + lane % 8;
+        int const kCol = ((lane / 8) % 2) * 8;
+#pragma unroll
+        for (int kt = 0; kt < kKeyTiles; ++kt)
+        {
+#pragma unroll
+            for (int step = 0; step < kKeySteps; ++step)
+            {
+                uint32_t b[4];
+                loadMatrices(b, sharedAddress(kShared + (kt * 16 + kRow) * Layout::kKStride + step * 16 + kCol));
+                mma16816(scores[2 * kt], qFragments[step], b[0], b[1]);
+                mma16816(scores[2 * kt + 1], qFragments[step], b[2], b[3]);
+            }
+        }
+
+        // Scale, bias, mask; exponents in base 2 (exp(x) = exp2(x log2 e)).
+        float const scaleLog2 = problem.scale * kLog2e;
+        __half const* const bias0 = biasShared + biasShift + group * keys;
+        __half const* const bias1 = bias0 + 8 * keys;
+        float max0 = -INFINITY;
+        float max1 = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < kScoreTiles; ++n)
+        {
+#pragma unroll
+            for (int c = 0; c < 2; ++c)
+            {
+                int const col = n * 8 + 2 * quad + c;
+                bool const key = col < keys;
+                float const b0 = key && valid0 ? __half2float(bias0[col]) : 0.0F;
+                float const b1 = key && valid1 ? __half2float(bias1[col]) : 0.0F;
+                scores[n][c] = key ? fmaf(scores[n][c], scaleLog2, b0 * kLog2e) : -INFINITY;
+                scores[n][2 + c] = key ? fmaf(scores[n][2 + c], scaleLog2, b1 * kLog2e) : -INFINITY;
+                max0 = fmaxf(max0, scores[n][c]);
+                max1 = fmaxf(max1, scores[n][2 + c]);
+            }
+        }
+        // The four lanes of a quad hold one row between them.
+        max0 = fmaxf(max0, __shfl_xor_sync(0xffffffffU, max0, 1));
+        max0 = fmaxf(max0, __shfl_xor_sync(0xffffffffU, max0, 2));
+        max1 = fmaxf(max1, __shfl_xor_sync(0xffffffffU, max1, 1));
+        max1 = fmaxf(max1, __shfl_xor_sync(0xffffffffU, max1, 2));
+#pragma unroll
+        for (int n = 0; n < kScoreTiles; ++n)
+        {
+            scores[n][0] = exp2f(scores[n][0] - max0);
+            scores[n][1] = exp2f(scores[n][1] - max0);
+            scores[n][2] = exp2f(scores[n][2] - max1);
+            scores[n][3] = exp2f(scores[n][3] - max1);
+            sum0 += scores[n][0] + scores[n][1];
+            sum1 += scores[n][2] + scores[n][3];
+        }
+        sum0 += __shfl_xor_sync(0xffffffffU, sum0, 1);
+        sum0 += __shfl_xor_sync(0xffffffffU, sum0, 2);
+        sum1 += __shfl_xor_sync(0xffffffffU, sum1, 1);
+        sum1 += __shfl_xor_sync(0xffffffffU, sum1, 2);
+        // C fragments of n8 tiles 2kt and 2kt+1 are the A fragment of k16 tile kt.
+#pragma unroll
+        for (int kt = 0; kt < kKeyTiles; ++kt)
+        {
+            pFragments[kt][0] = packHalves(scores[2 * kt][0], scores[2 * kt][1]);
+            pFragments[kt][1] = packHalves(scores[2 * kt][2], scores[2 * kt][3]);
+            pFragments[kt][2] = packHalves(scores[2 * kt + 1][0], scores[2 * kt + 1][1]);
+            pFragments[kt][3] = packHalves(scores[2 * kt + 1][2], scores[2 * kt + 1][3]);
+        }
+    }
+
+    waitCopies<0>(); // V has landed
+    __syncthreads();
+    if (!active)
+    {
+        return;
+    }
+
+    float outAcc[kValueTiles][4];
+#pragma unroll
+    for (int n = 0; n < kValueTiles; ++n)
+    {
+        outAcc[n][0] = outAcc[n][1] = outAcc[n][2] = outAcc[n][3] = 0.0F;
+    }
+    // ldmatrix.trans x4 over 16 keys x 16 value columns: matrices (keys 0-7 | 8-15) x (columns 0-7 | 8-15),
+    // transposed so each lane gets two consecutive keys of one column (the B fragment of P.V).
+    int const vRow = ((lane / 8) % 2) * 8 + lane % 8;
+    int const vCol = (lane / 16) * 8;
+#pragma unroll
+    for (int kt = 0; kt < kKeyTiles; ++kt)
+    {
+#pragma unroll
+        for (int pair = 0; pair < kValueTiles / 2; ++pair)
+        {
+            uint32_t b[4];
+            loadMatricesTransposed(b, sharedAddress(vShared + (kt * 16 + vRow) * Layout::kVStride + pair * 16 + vCol));
+            mma16816(outAcc[2 * pair], pFragments[kt], b[0], b[1]);
+            mma16816(outAcc[2 * pair + 1], pFragments[kt], b[2], b[3]);
+        }
+    }
+
+    int64_t const rowElements = static_cast<int64_t>(problem.heads) * kValueDim;
+    __half* const out = static_cast<__half*>(problem.out) + static_cast<int64_t>(batch) * queries * rowElements
+        + static_cast<int64_t>(head) * kValueDim + 2 * quad;
+    float const inverse0 = 1.0F / sum0;
+    float const inverse1 = 1.0F / sum1;
+    if (valid0)
+    {
+        __half* const out0 = out + row0 * rowElements;
+#pragma unroll
+        for (int n = 0; n < kValueTiles; ++n)
+        {
+            *reinterpret_cast<__half2*>(out0 + n * 8)
+                = __floats2half2_rn(outAcc[n][0] * inverse0, outAcc[n][1] * inverse0);
+        }
+    }
+    if (valid1)
+    {
+        __half* const out1 = out + row1 * rowElements;
+#pragma unroll
+        for (int n = 0; n < kValueTiles; ++n)
+        {
+            *reinterpret_cast<__half2*>(out1 + n * 8)
+                = __floats2half2_rn(outAcc[n][2] * inverse1, outAcc[n][3] * inverse1);
+        }
+    }
+}
+
+//! Shared memory of the fp32 kernel: K rows padded by 16 bytes (a lane per key reads 16-byte
+//! pieces of its row: 8 lanes of a phase hit 8 distinct bank groups), V unpadded (lanes read
+//! consecutive columns of one row), then each warp's probabilities, [key][kFloatRowsPerPass].
+template <int kKeyTiles, int kKeyDim, int kValueDim>
+struct FloatLayout
+{
+    static constexpr int kKeysPadded = kKeyTiles * 16;
+    static constexpr int kKStride = kKeyDim + 4;
+    static constexpr int kVStride = kValueDim;
+    static constexpr int kProbabilityFloats = kKeysPadded * kFloatRowsPerPass;
+    static constexpr int kFloatsBeforeProbabilities = kKeysPadded * (kKStride + kVStride);
+    static constexpr int bytes(int warps)
+    {
+        return (kFloatsBeforeProbabilities + warps * kProbabilityFloats) * 4;
+    }
+};
+
+template <int kWidth>
+struct FloatVector;
+template <>
+struct FloatVector<1>
+{
+    using Type = float;
+};
+template <>
+struct FloatVector<2>
+{
+    using Type = float2;
+};
+template <>
+struct FloatVector<4>
+{
+    using Type = float4;
+};
+
+template <int kKeyTiles, int kKeyDim, int kValueDim>
+__global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionFloatKernel(AttentionProblem const problem)
+{
+    using Layout = FloatLayout<kKeyTiles, kKeyDim, kValueDim>;
+    constexpr int kRows = kFloatRowsPerPass;
+    constexpr int kKeysPerLane = (Layout::kKeysPadded + 31) / 32;
+    constexpr int kColumnsPerLane = kValueDim / 32;
+    constexpr int kQuads = kKeyDim / 4;
+    using Vector = typename FloatVector<kColumnsPerLane>::Type;
+    extern __shared__ __align__(16) unsigned char sharedBytes[];
+    float* const kShared = reinterpret_cast<float*>(sharedBytes);
+    float* const vShared = kShared + Layout::kKeysPadded * Layout::kKStride;
+
+    int const batch = static_cast<int>(blockIdx.z);
+    int const head = static_cast<int>(blockIdx.y);
+    int const keys = problem.keys;
+    int const queries = problem.queries;
+    stageRows<float, kKeyDim>(kShared, Layout::kKStride, headSlice<float>(problem.k, batch, head),
+        problem.k.tokenStride, keys, Layout::kKeysPadded);
+    stageRows<float, kValueDim>(vShared, Layout::kVStride, headSlice<float>(problem.v, batch, head),
+        problem.v.tokenStride, keys, Layout::kKeysPadded);
+    commitCopies();
+    waitCopies<0>();
+    __syncthreads();
+
+    int const lane = static_cast<int>(threadIdx.x % 32);
+    int const warp = static_cast<int>(threadIdx.x / 32);
+    float* const probabilities = reinterpret_cast<float*>(sharedBytes) + Layout::kFloatsBeforeProbabilities
+        + warp * Layout::kProbabilityFloats;
+    int const tile = static_cast<int>(blockIdx.x) + warp * static_cast<int>(gridDim.x);
+    float const scaleLog2 = problem.scale * kLog2e;
+    float const* const q = headSlice<float>(problem.q, batch, head);
+    float const* const bias = static_cast<float const*>(problem.bias) + static_cast<int64_t>(head) * queries * keys;
+    int64_t const rowElements = static_cast<int64_t>(problem.heads) * kValueDim;
+    float* const out = static_cast<float*>(problem.out) + static_cast<int64_t>(batch) * queries * rowElements
+        + static_cast<int64_t>(head) * kValueDim + lane * kColumnsPerLane;
+
+    for (int pass = 0; pass < kRowsPerWarp / kRows; ++pass)
+    {
+        int const firstRow = tile * kRowsPerWarp + pass * kRows;
+        if (firstRow >= queries)
+        {
+            break; // uniform across the warp
+        }
+        float4 qRows[kRows][kQuads];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+        {
+            bool const valid = firstRow + r < queries;
+            float4 const* const qRow = reinterpret_cast<float4 const*>(q + (valid ? firstRow + r : 0) * problem.q.tokenStride);
+#pragma unroll
+            for (int i = 0; i < kQuads; ++i)
+            {
+                qRows[r][i] = valid ? qRow[i] : make_float4(0.0F, 0.0F, 0.0F, 0.0F);
+            }
+        }
+        float scores[kRows][kKeysPerLane];
+        float maxima[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+        {
+            maxima[r] = -INFINITY;
+        }
+#pragma unroll
+        for (int i = 0; i < kKeysPerLane; ++i)
+        {
+            int const key = lane + 32 * i;
+            float dots[kRows] = {};
+            if (key < keys)
+            {
+                float4 const* const kRow = reinterpret_cast<float4 const*>(kShared + key * Layout::kKStride);
+#pragma unroll
+                for (int d = 0; d < kQuads; ++d)
+                {
+                    float4 const kv = kRow[d];
+#pragma unroll
+                    for (int r = 0; r < kRows; ++r)
+                    {
+                        dots[r] = fmaf(qRows[r][d].x, kv.x, dots[r]);
+                        dots[r] = fmaf(qRows[r][d].y, kv.y, dots[r]);
+                        dots[r] = fmaf(qRows[r][d].z, kv.z, dots[r]);
+                        dots[r] = fmaf(qRows[r][d].w, kv.w, dots[r]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < kRows; ++r)
+            {
+                bool const valid = key < keys && firstRow + r < queries;
+                float const b = valid ? bias[static_cast<int64_t>(firstRow + r) * keys + key] : 0.0F;
+                scores[r][i] = key < keys ? fmaf(dots[r], scaleLog2, b * kLog2e) : -INFINITY;
+                maxima[r] = fmaxf(maxima[r], scores[r][i]);
+            }
+        }
+        float sums[kRows];
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+        {
+#pragma unroll
+            for (int offset = 16; offset > 0; offset /= 2)
+            {
+                maxima[r] = fmaxf(maxima[r], __shfl_xor_sync(0xffffffffU, maxima[r], offset));
+            }
+            sums[r] = 0.0F;
+#pragma unroll
+            for (int i = 0; i < kKeysPerLane; ++i)
+            {
+                scores[r][i] = exp2f(scores[r][i] - maxima[r]);
+                sums[r] += scores[r][i];
+            }
+#pragma unroll
+            for (int offset = 16; offset > 0; offset /= 2)
+            {
+                sums[r] += __shfl_xor_sync(0xffffffffU, sums[r], offset);
+            }
+        }
+        __syncwarp(); // the previous pass has finished reading the probabilities
+#pragma unroll
+        for (int i = 0; i < kKeysPerLane; ++i)
+        {
+            int const key = lane + 32 * i;
+            if (key < Layout::kKeysPadded)
+            {
+                reinterpret_cast<float4*>(probabilities)[key]
+                    = make_float4(scores[0][i], scores[1][i], scores[2][i], scores[3][i]);
+            }
+        }
+        __syncwarp();
+
+        float acc[kRows][kColumnsPerLane] = {};
+#pragma unroll 4
+        for (int key = 0; key < keys; ++key)
+        {
+            float4 const p = reinterpret_cast<float4 const*>(probabilities)[key];
+            Vector const value = reinterpret_cast<Vector const*>(vShared + key * Layout::kVStride)[lane];
+            float const* const v = reinterpret_cast<float const*>(&value);
+            float const pr[kRows] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+            for (int r = 0; r < kRows; ++r)
+            {
+#pragma unroll
+                for (int c = 0; c < kColumnsPerLane; ++c)
+                {
+                    acc[r][c] = fmaf(pr[r], v[c], acc[r][c]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < kRows; ++r)
+        {
+            if (firstRow + r < queries)
+            {
+                float const inverse = 1.0F / sums[r];
+                Vector result;
+                float* const values = reinterpret_cast<float*>(&result);
+#pragma unroll
+                for (int c = 0; c < kColumnsPerLane; ++c)
+                {
+                    values[c] = acc[r][c] * inverse;
+                }
+                *reinterpret_cast<Vector*>(out + (firstRow + r) * rowElements) = result;
+            }
+        }
+    }
+}
+
+inline bool aligned16(void const* p)
+{
+    return reinterpret_cast<uintptr_t>(p) % kChunkBytes == 0;
+}
+
+inline bool operandAligned(AttentionOperand const& operand, int elementBytes)
+{
+    int64_t const perChunk = kChunkBytes / elementBytes;
+    return aligned16(operand.data) && operand.batchStride % perChunk == 0 && operand.tokenStride % perChunk == 0
+        && operand.headStride % perChunk == 0;
+}
+
+//! Number of multiprocessors of the current device (132 if it cannot be read).
+inline int multiprocessors()
+{
+    int device = 0;
+    int count = 0;
+    if (cudaGetDevice(&device) != cudaSuccess
+        || cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || count < 1)
+    {
+        return 132;
+    }
+    return count;
+}
+
+//! Warps per CTA: as many as 4 (K and V staged once for more query tiles) while the grid still has a
+//! CTA per multiprocessor; fewer where the batch is too small to fill the GPU. Each CTA stages its
+//! head's whole K and V, so splitting further only multiplies that traffic (run 1 on the H200, fp16
+//! [16, 8, 49, 196, 32, 128]: 512 one-warp CTAs took 28 us, against 17 us for 48 CTAs at batch 1;
+//! NOTES.md). Balanced so that the CTAs of one (batch, head) differ by at most one tile.
+inline int warpsPerCtaFor(AttentionProblem const& problem, int tiles)
+{
+    int64_t const slices = static_cast<int64_t>(problem.batch) * problem.heads;
+    int64_t const enough = multiprocessors();
+    int warps = tiles < kMaxWarpsPerCta ? tiles : kMaxWarpsPerCta;
+    while (warps > 1 && slices * ((tiles + warps - 1) / warps) < enough)
+    {
+        warps /= 2;
+    }
+    int const ctas = (tiles + warps - 1) / warps;
+    return (tiles + ctas - 1) / ctas;
+}
+
+constexpr int kMaxCachedDevices = 64;
+
+//! Raises `kernel`'s dynamic shared-memory limit to `bytes` once per device. Done on the first launch,
+//! which (as with every launch that a CUDA graph captures after a warm-up) is outside any capture.
+template <auto kKernel, int kBytes>
+cudaError_t allowSharedBytes()
+{
+    static std::atomic<uint64_t> raised{0};
+    int device = 0;
+    cudaError_t status = cudaGetDevice(&device);
+    if (status != cudaSuccess)
+    {
+        return status;
+    }
+    uint64_t const bit = device < kMaxCachedDevices ? uint64_t{1} << device : 0;
+    if (bit != 0 && (raised.load(std::memory_order_relaxed) & bit) != 0)
+    {
+        return cudaSuccess;
+    }
+    status = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+    if (status == cudaSuccess)
+    {
+        raised.fetch_or(bit, std::memory_order_relaxed);
+    }
+    return status;
+}
+
+template <int kKeyTiles, int kKeyDim, int kValueDim>
+cudaError_t launchFor(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
+{
+    dim3 const block(static_cast<unsigned>(warps * 32));
+    cudaError_t status = cudaSuccess;
+    if (problem.dtype == AttentionDType::kFloat16)
+    {
+        using Layout = HalfLayout<kKeyTiles, kKeyDim, kValueDim>;
+        constexpr auto kernel = attentionHalfKernel<kKeyTiles, kKeyDim, kValueDim>;
+        status = allowSharedBytes<kernel, Layout::bytes(kMaxWarpsPerCta, Layout::kKeysPadded)>();
+        if (status == cudaSuccess)
+        {
+            kernel<<<grid, block, Layout::bytes(warps, problem.keys), stream>>>(problem);
+        }
+    }
+    else
+    {
+        using Layout = FloatLayout<kKeyTiles, kKeyDim, kValueDim>;
+        constexpr auto kernel = attentionFloatKernel<kKeyTiles, kKeyDim, kValueDim>;
+        status = allowSharedBytes<kernel, Layout::bytes(kMaxWarpsPerCta)>();
+        if (status == cudaSuccess)
+        {
+            kernel<<<grid, block, Layout::bytes(warps), stream>>>(problem);
+        }
+    }
+    return status == cudaSuccess ? cudaGetLastError() : status;
+}
+
+//! Key tiles the kernels are built for: 16, 64, 208 and 256 keys (LeViT's 16, 49 and 196, and 256
+//! for 256x256 inputs); a count takes the smallest that holds it, the rest masked.
+template <int kKeyDim, int kValueDim>
+cudaError_t launchForKeys(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
+{
+    int const tiles = (problem.keys + 15) / 16;
+    if (tiles <= 1)
+    {
+        return launchFor<1, kKeyDim, kValueDim>(problem, grid, warps, stream);
+    }
+    if (tiles <= 4)
+    {
+        return launchFor<4, kKeyDim, kValueDim>(problem, grid, warps, stream);
+    }
+    if (tiles <= 13)
+    {
+        return launchFor<13, kKeyDim, kValueDim>(problem, grid, warps, stream);
+    }
+    return launchFor<16, kKeyDim, kValueDim>(problem, grid, warps, stream);
+}
+
+template <int kKeyDim>
+cudaError_t launchForValueDim(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
+{
+    switch (problem.valueDim)
+    {
+    case 32: return launchForKeys<kKeyDim, 32>(problem, grid, warps, stream);
+    case 64: return launchForKeys<kKeyDim, 64>(problem, grid, warps, stream);
+    default: return launchForKeys<kKeyDim, 128>(problem, grid, warps, stream);
+    }
+}
+
+} // namespace detail
+
+char const* attentionStatusText(AttentionStatus status) noexcept
+{
+    switch (status)
+    {
+    case AttentionStatus::kSuccess: return "success";
+    case AttentionStatus::kUnsupportedKeyDim: return "the key (q/k head) size must be 16 or 32";
+    case AttentionStatus::kUnsupportedValueDim: return "the value head size must be 32, 64 or 128";
+    case AttentionStatus::kUnsupportedKeyCount: return "the number of keys must be 1 to 256";
+    case AttentionStatus::kTooLarge: return "batch and heads must each be at most 65535";
+    case AttentionStatus::kMisaligned:
+        return "q, k, v, bias and out must start on 16-byte boundaries, and q/k/v's batch, token and head "
+               "strides must be multiples of 16 bytes";
+    case AttentionStatus::kInvalidArgument: return "sizes must be non-negative and pointers non-null";
+    case AttentionStatus::kLaunchFailed: return "the kernel launch failed";
+    }
+    return "unknown status";
+}
+
+AttentionLaunchResult attentionForward(AttentionProblem const& problem, cudaStream_t stream, int32_t warpsPerCta) noexcept
+{
+    using detail::kMaxWarpsPerCta;
+    using detail::kRowsPerWarp;
+    if (problem.batch < 0 || problem.heads < 0 || problem.queries < 0 || problem.keys < 0 || warpsPerCta < 0
+        || warpsPerCta > kMaxWarpsPerCta)
+    {
+        return {AttentionStatus::kInvalidArgument, cudaSuccess};
+    }
+    if (problem.keyDim != 16 && problem.keyDim != 32)
+    {
+        return {AttentionStatus::kUnsupportedKeyDim, cudaSuccess};
+    }
+    if (problem.valueDim != 32 && problem.valueDim != 64 && problem.valueDim != 128)
+    {
+        return {AttentionStatus::kUnsupportedValueDim, cudaSuccess};
+    }
+    if (problem.keys < 1 || problem.keys > kMaxKeys)
+    {
+        return {AttentionStatus::kUnsupportedKeyCount, cudaSuccess};
+    }
+    if (problem.batch > 65535 || problem.heads > 65535)
+    {
+        return {AttentionStatus::kTooLarge, cudaSuccess};
+    }
+    if (problem.batch == 0 || problem.heads == 0 || problem.queries == 0)
+    {
+        return {AttentionStatus::kSuccess, cudaSuccess};
+    }
+    if (problem.q.data == nullptr || problem.k.data == nullptr || problem.v.data == nullptr || problem.bias == nullptr
+        || problem.out == nullptr)
+    {
+        return {AttentionStatus::kInvalidArgument, cudaSuccess};
+    }
+    int const elementBytes = problem.dtype == AttentionDType::kFloat16 ? 2 : 4;
+    if (!detail::operandAligned(problem.q, elementBytes) || !detail::operandAligned(problem.k, elementBytes)
+        || !detail::operandAligned(problem.v, elementBytes) || !detail::aligned16(problem.out)
+        || !detail::aligned16(problem.bias))
+    {
+        return {AttentionStatus::kMisaligned, cudaSuccess};
+    }
+    int const tiles = (problem.queries + kRowsPerWarp - 1) / kRowsPerWarp;
+    int const warps = warpsPerCta > 0 ? warpsPerCta : detail::warpsPerCtaFor(problem, tiles);
+    dim3 const grid(static_cast<unsigned>((tiles + warps - 1) / warps), static_cast<unsigned>(problem.heads),
+        static_cast<unsigned>(problem.batch));
+    cudaError_t const status = problem.keyDim == 16
+        ? detail::launchForValueDim<16>(problem, grid, warps, stream)
+        : detail::launchForValueDim<32>(problem, grid, warps, stream);
+    if (status != cudaSuccess)
+    {
+        return {AttentionStatus::kLaunchFailed, status};
+    }
+    return {AttentionStatus::kSuccess, cudaSuccess};
+}
+
+} // namespace levit_attention
