@@ -123,6 +123,36 @@ def test_torch_op_builds_and_registers(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "(8, 6, 196, 196) torch.float16 meta"
 
 
+README_BUILD_COMMAND = "cmake -S . -B build && cmake --build build -j"
+# What the build reads from the source tree; the test builds a copy so the checkout's build/ stays untouched.
+BUILD_SOURCES = ("CMakeLists.txt", "plugins")
+
+
+def test_readme_build_command_works_with_default_generator(tmp_path):
+    """The README's command, as written, with CMake's default generator (Makefiles): CMake 3.25 once
+    stopped at generate there with "requires the language dialect CUDA20", while Ninja built."""
+    nvcc = require_toolchain()
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip(f"torch {torch.__version__} is a CPU-only build (no CUDA headers)")
+    assert README_BUILD_COMMAND in (REPO_ROOT / "README.md").read_text(), "the README no longer says how to build"
+    source = tmp_path / "levit_trt_copy"
+    source.mkdir()
+    for name in BUILD_SOURCES:
+        copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy2
+        copy(REPO_ROOT / name, source / name)  # type: ignore[operator]
+    env = {name: value for name, value in os.environ.items() if name not in ("CMAKE_GENERATOR", "CUDACXX")}
+    # The command as written finds nvcc and python3 on PATH; CUDAARCHS (read by CMake itself) keeps it to one
+    # architecture so the test stays short.
+    env.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), str(Path(nvcc).parent), env.get("PATH", "")]),
+               CUDAARCHS=CUDA_ARCH)
+    result = subprocess.run(["bash", "-c", README_BUILD_COMMAND], cwd=source, env=env, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, f"{README_BUILD_COMMAND} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert (source / "build" / "Makefile").is_file(), "not built with the default (Makefiles) generator"
+    assert (source / "build" / plugins.TORCH_OP_LIBRARY_NAME).is_file()
+
+
 def test_missing_library_error_says_how_to_build(tmp_path, monkeypatch):
     monkeypatch.setenv(plugins.PLUGIN_DIR_ENV, str(tmp_path))
     for find in (plugins.trt_plugin_library, plugins.torch_op_library):
