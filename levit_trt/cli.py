@@ -140,7 +140,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from levit_trt.report import compare
 
-    comparison = compare(args.old, args.new, args.fail_above)
+    comparison = compare(args.old, args.new, args.fail_above, allow_different_machines=args.allow_different_machines)
+    warning = comparison.machine_warning()
+    if warning:
+        print(f"levit-trt compare: {warning}", file=sys.stderr)
     print(comparison.to_markdown(), end="")
     return 1 if comparison.regressions else 0
 
@@ -151,6 +154,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("new", type=Path, help="pytest-benchmark JSON of the later run")
     parser.add_argument("--fail-above", type=float, default=None, metavar="PCT",
                         help="flag cases more than PCT%% slower and exit with status 1 if there are any")
+    parser.add_argument("--allow-different-machines", action="store_true",
+                        help="compare runs whose device, GPU, CPU, driver, CUDA or torch/TensorRT/ONNX Runtime "
+                             "versions differ (refused otherwise), with a warning")
     parser.set_defaults(handler=_compare)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from levit_trt.variants import resolve_variant
 
+# Libraries whose version changes the measured time; `compare` refuses runs that differ in them.
+MACHINE_VERSIONS = ("torch", "tensorrt", "onnxruntime")
 SAVE_A_RUN = "`pytest benchmarks --benchmark-json RUN.json` (or --benchmark-autosave)"
 
 
@@ -58,6 +60,24 @@ class Run:
     def environment(self) -> Mapping[str, Any]:
         """levit_trt.environment.machine_info() as the conftest hook saved it ({} for older runs)."""
         return self.machine.get("levit_trt") or {}
+
+    def machine_fields(self) -> dict[str, str | None]:
+        """What must match for two runs' times to be comparable: the devices the cases ran on, the
+        hardware and the software that does the work; None where the run does not say."""
+        env = self.environment
+        versions = env.get("versions") or {}
+        devices = sorted({str(case.extra_info["device"]).split(":")[0] for case in self.cases
+                          if "device" in case.extra_info})
+        fields = {
+            "device": ",".join(devices) or None,
+            "gpu": env.get("gpu"),
+            "gpu_compute_capability": env.get("gpu_compute_capability"),
+            "driver": env.get("driver"),
+            "cuda": env.get("torch_cuda"),
+            "cpu": env.get("cpu") or (self.machine.get("cpu") or {}).get("brand_raw"),
+            **{name: versions.get(name) for name in MACHINE_VERSIONS},
+        }
+        return {name: None if value is None else str(value) for name, value in fields.items()}
 
 
 def _read_json(path: Path, what: str) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from levit_trt.cli import main
-from levit_trt.report import compare
+from levit_trt.report import MachineMismatchError, compare
 from levit_trt.runs import RunFileError
 
 DATA = Path(__file__).parent / "data"
@@ -94,3 +94,36 @@ def _renamed(tmp_path: Path) -> Path:
     path = tmp_path / "renamed.json"
     path.write_text(json.dumps(document))
     return path
+
+
+CPU_RUN = DATA / "run_cpu.json"
+
+
+def test_unlike_machines_are_refused_naming_the_fields(tmp_path: Path, capsys) -> None:
+    with pytest.raises(MachineMismatchError, match=r"different machines or software \(device: 'cuda' -> 'cpu'; "
+                                                   r"cpu: 'AMD EPYC 9454 48-Core Processor' -> 'Intel\(R\) Xeon\(R\) "
+                                                   r"Processor'\).*--allow-different-machines"):
+        compare(NEW, CPU_RUN)
+    document = json.loads(NEW.read_text())
+    document["machine_info"]["levit_trt"]["versions"]["tensorrt"] = "10.13.0"
+    document["machine_info"]["levit_trt"]["gpu"] = "NVIDIA H200"
+    upgraded = tmp_path / "upgraded.json"
+    upgraded.write_text(json.dumps(document))
+    with pytest.raises(MachineMismatchError, match=r"gpu: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA H200'; "
+                                                   r"tensorrt: '10.7.0' -> '10.13.0'\)"):
+        compare(OLD, upgraded)
+    assert main(["compare", str(OLD), str(upgraded)]) == 2
+    captured = capsys.readouterr()
+    assert "levit-trt compare: error:" in captured.err and "tensorrt: '10.7.0' -> '10.13.0'" in captured.err
+    assert captured.out == ""  # no table of meaningless ratios
+
+
+def test_unlike_machines_compared_on_request_with_a_loud_warning(capsys) -> None:
+    comparison = compare(NEW, CPU_RUN, allow_different_machines=True)
+    assert [d.field for d in comparison.machine_differences] == ["device", "cpu"]
+    assert "**WARNING: these runs come from different machines or software" in comparison.to_markdown()
+    assert main(["compare", str(NEW), str(CPU_RUN), "--allow-different-machines"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: these runs come from different machines" in captured.err
+    assert "device: 'cuda' -> 'cpu'" in captured.err
+    assert compare(OLD, NEW).machine_warning() is None  # the same machine: no warning
