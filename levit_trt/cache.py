@@ -99,6 +99,13 @@ def read_manifest(entry: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def cached_entry(root: Path, kind: str, manifest: Mapping[str, Any]) -> Path | None:
+    """The complete entry for `manifest` if the cache holds one; nothing is built or locked."""
+    wanted = json.loads(canonical_json(manifest))
+    entry = root / kind / cache_key(wanted)
+    return entry if entry.is_dir() and read_manifest(entry) == wanted else None
+
+
 def cached_build(
     root: Path,
     kind: str,
@@ -114,7 +121,7 @@ def cached_build(
     wanted = json.loads(canonical_json(manifest))
     entry = root / kind / cache_key(wanted)
     with file_lock(root / kind / f"{entry.name}.lock"):
-        if entry.is_dir() and read_manifest(entry) == wanted:
+        if cached_entry(root, kind, wanted) is not None:
             return entry
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{entry.name}.tmp-"))
         try:

@@ -40,19 +40,24 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from levit_trt.cache import atomic_output
-    from levit_trt.export import ExportOptions, export_onnx
-    from levit_trt.models import load_model
+    import shutil
+
+    from levit_trt.cache import atomic_output, ensure_cache_dir
+    from levit_trt.export import ExportOptions, cached_onnx, find_cached_onnx
     from levit_trt.variants import resolve_variant
     from levit_trt.weights import parse_weights
 
     variant = resolve_variant(args.variant)
     options = ExportOptions(opset=args.opset, exporter=args.exporter, precision=args.precision,
                             softmax_plugin=args.softmax_plugin)
-    model = load_model(variant, parse_weights(args.weights))
+    weights = parse_weights(args.weights)
+    cache_dir = ensure_cache_dir(args.cache_dir)
+    hit = find_cached_onnx(variant, weights, options, cache_dir) is not None
+    onnx_path = cached_onnx(variant, weights, options, cache_dir)
     with atomic_output(args.out) as tmp:
-        export_onnx(model, tmp, options, variant.input_size)
-    print(f"wrote {args.out} ({variant.display}, {options})")
+        shutil.copyfile(onnx_path, tmp)
+    print(f"wrote {args.out} ({variant.display}, {options}; {'cache hit' if hit else 'exported into the cache'}: "
+          f"{onnx_path})")
     return 0
 
 

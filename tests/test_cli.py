@@ -19,12 +19,40 @@ def test_info_reports_backends_and_reasons(capsys) -> None:
     assert "available" in out
 
 
-def test_export_writes_a_checked_onnx(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "levit.onnx"
-    assert main(["export", "--variant", "LeViT-128S", "--weights", "random", "--exporter", "torchscript",
-                 "--out", str(out)]) == 0
+def test_export_writes_a_checked_onnx_through_the_cache(tmp_path: Path, capsys, monkeypatch) -> None:
+    out, cache = tmp_path / "out" / "levit.onnx", tmp_path / "cache"
+    argv = ["export", "--variant", "LeViT-128S", "--weights", "random", "--exporter", "torchscript", "--out", str(out)]
+    assert main([*argv, "--cache-dir", str(cache)]) == 0
     assert onnx.load(str(out)).graph.output[0].name == "logits"
-    assert [p.name for p in tmp_path.iterdir()] == ["levit.onnx"]  # no temporary left beside it
+    assert [p.name for p in out.parent.iterdir()] == ["levit.onnx"]  # no temporary left beside it
+    (cached,) = cache.glob("onnx/*/model.onnx")
+    assert "exported into the cache" in capsys.readouterr().out
+    assert out.read_bytes() == cached.read_bytes()
+
+    # The repeat is a cache hit, whether the cache is named by --cache-dir or LEVIT_TRT_CACHE: nothing is exported.
+    out.unlink()
+    monkeypatch.setattr("levit_trt.export.export_onnx", _no_export)
+    monkeypatch.setenv("LEVIT_TRT_CACHE", str(cache))
+    assert main(argv) == 0
+    assert f"cache hit: {cached}" in capsys.readouterr().out
+    assert out.read_bytes() == cached.read_bytes()
+
+
+def _no_export(*args: object, **kwargs: object) -> None:
+    raise AssertionError("exported again instead of reading the cache")
+
+
+@pytest.mark.parametrize("how", ["--cache-dir", "LEVIT_TRT_CACHE"])
+def test_export_refuses_an_unusable_cache_dir(how: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    out = tmp_path / "levit.onnx"
+    argv = ["export", "--weights", "random", "--out", str(out)]
+    if how == "--cache-dir":
+        argv += ["--cache-dir", "/proc/nope"]
+    else:
+        monkeypatch.setenv("LEVIT_TRT_CACHE", "/proc/nope")
+    assert main(argv) == 2
+    assert "cache directory /proc/nope is not writable" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_eval_on_an_imagenet_layout_tree(tmp_path: Path, capsys) -> None:
