@@ -70,6 +70,15 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     machine_info["levit_trt"] = levit_machine_info()
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_commit_info(config: pytest.Config, commit_info: dict[str, Any]) -> None:
+    """The commit of the levit_trt checkout, not of whatever repository the working directory is in."""
+    from levit_trt.environment import project_commit
+
+    commit_info.clear()
+    commit_info.update(project_commit())
+
+
 @pytest.fixture(scope="session")
 def cache_dir(pytestconfig: pytest.Config) -> Path:
     return ensure_cache_dir(pytestconfig.getoption("--cache-dir"))
