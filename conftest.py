@@ -79,6 +79,31 @@ def pytest_benchmark_update_commit_info(config: pytest.Config, commit_info: dict
     commit_info.update(project_commit())
 
 
+TENSORRT_HEADERS_ENV = "LEVIT_TRT_HEADERS_DIR"
+
+
+@pytest.fixture(scope="session")
+def tensorrt_headers() -> Callable[[str], Path]:
+    """`tensorrt_headers("10.13")`: the directory holding that TensorRT version's NvInfer.h, under
+    $LEVIT_TRT_HEADERS_DIR (default: shared/tensorrt-headers beside the checkout); where it is missing,
+    a skip whose reason says how to point the tests at the headers."""
+    from levit_trt.plugins import REPO_ROOT
+
+    configured = os.environ.get(TENSORRT_HEADERS_ENV)
+    root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "tensorrt-headers"
+
+    def find(version: str) -> Path:
+        headers = root / version
+        if not (headers / "NvInfer.h").is_file():
+            source = f"${TENSORRT_HEADERS_ENV}" if configured else f"the default, unset ${TENSORRT_HEADERS_ENV}"
+            pytest.skip(f"TensorRT {version} headers not found: no {headers / 'NvInfer.h'} (from {source}); "
+                        f"set {TENSORRT_HEADERS_ENV}=DIR where DIR/{version}/NvInfer.h is TensorRT {version}'s "
+                        "include/NvInfer.h")
+        return headers
+
+    return find
+
+
 @pytest.fixture(scope="session")
 def cache_dir(pytestconfig: pytest.Config) -> Path:
     return ensure_cache_dir(pytestconfig.getoption("--cache-dir"))

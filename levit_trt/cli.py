@@ -7,15 +7,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+DESCRIPTION = (
+    "LeViT image classifiers from PyTorch to ONNX and TensorRT: export and build engines, quantize to INT8, "
+    "measure ImageNet accuracy, and turn saved benchmark runs into tables and comparisons. "
+    "`levit-trt info` says what this machine can run."
+)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (None, an off flag) or its help states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == [] or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _common_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default="128S", help="LeViT variant: 128S, 128, 192, 256 or 384")
     parser.add_argument("--weights", default="pretrained",
-                        help="'pretrained' (timm hub), 'random[:SEED]' (tests) or a checkpoint path")
+                        help="'pretrained': timm's ImageNet weights from the Hugging Face hub, downloaded on first use "
+                             "(offline, set HF_HUB_OFFLINE=1 to use the downloaded copy, or fail at once instead of "
+                             "retrying the hub); 'random[:SEED]': seeded test weights, no download; or the path of a "
+                             ".pth/.safetensors checkpoint (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="artifact cache (default: LEVIT_TRT_CACHE or ~/.cache/levit_trt)")
 
 
@@ -65,9 +84,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="export a prepared LeViT to ONNX (dynamic batch)")
     _common_model_args(parser)
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
-    parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
-    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                        help="dynamo: torch.export, PyTorch's supported exporter; torchscript: the legacy tracer")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="weights and I/O type of the graph (fp16 for TensorRT 11's strongly typed fp16 engines)")
     parser.add_argument("--softmax-plugin", action="store_true",
                         help="replace last-axis Softmax nodes with the levit_trt softmax plugin")
     parser.set_defaults(handler=_export)
@@ -96,6 +117,10 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{variant.display} {backend.name} {backend.precision}: top-1 {result.top1:.2f}  "
           f"top-5 {result.top5:.2f}  ({result.images} images, {result.unreadable} unreadable, "
           f"{result.images_per_s:.0f} img/s)")
+    if result.unreadable:
+        shown = len(result.unreadable_examples)
+        print(f"unreadable (not counted), {'' if shown == result.unreadable else f'first {shown}: '}"
+              + ", ".join(result.unreadable_examples), file=sys.stderr)
     if args.out:
         append_results(args.out, [result], machine_info())
     return 0
@@ -105,11 +130,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="top-1/top-5 of one backend on an ImageNet-layout folder")
     _common_model_args(parser)
     parser.add_argument("--data-path", type=Path, required=True, help="ImageNet root holding val/<wnid>/<image>")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--backend", default="torch")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--split", default="val", help="folder under --data-path to evaluate on")
+    parser.add_argument("--backend", default="torch", help="backend to evaluate (levit-trt info lists them)")
+    parser.add_argument("--precision", default="fp32", help="fp32, fp16, bf16 or int8, where the backend runs it")
+    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu",
+                        help="cpu or cuda (default here: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per inference call")
     parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: CPU cores - 1)")
     parser.add_argument("--limit", type=int, default=None, help="seeded class-balanced subset of N images")
     parser.add_argument("--classes", type=int, default=1000,
@@ -200,12 +226,12 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("build", help="build a TensorRT engine from an ONNX file (with its layer report beside it)")
     parser.add_argument("--onnx", type=Path, required=True, help="ONNX file (levit-trt export, or levit-trt quantize)")
     parser.add_argument("--engine", type=Path, required=True, help="engine file to write; <engine>.layers.json beside it")
-    parser.add_argument("--precision", choices=ENGINE_PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=ENGINE_PRECISIONS, default="fp32", help="engine precision")
     parser.add_argument("--plugins", type=Path, nargs="+", default=[],
                         help="TensorRT plugin libraries to load (default: the softmax plugin when the ONNX uses it)")
-    parser.add_argument("--min-batch", type=int, default=DEFAULT_BATCH_RANGE[0])
-    parser.add_argument("--opt-batch", type=int, default=DEFAULT_BATCH_RANGE[1])
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_BATCH_RANGE[2])
+    parser.add_argument("--min-batch", type=int, default=DEFAULT_BATCH_RANGE[0], help="smallest batch the engine takes")
+    parser.add_argument("--opt-batch", type=int, default=DEFAULT_BATCH_RANGE[1], help="batch TensorRT tunes for")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_BATCH_RANGE[2], help="largest batch the engine takes")
     parser.add_argument("--opt-level", type=int, default=DEFAULT_OPT_LEVEL, help="builder optimisation level 0-5")
     parser.add_argument("--workspace-mib", type=int, default=None, help="workspace limit (default: TensorRT's)")
     parser.add_argument("--timing-cache", type=Path, default=None, help="persistent tactic timing cache file")
@@ -272,17 +298,35 @@ SUBCOMMANDS = [_add_info, _add_export, _add_eval, _add_calibrate, _add_quantize,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="levit-trt", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="levit-trt", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_SubcommandParser)
     for add in SUBCOMMANDS:
         add(sub)
     return parser
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser, with the same help formatter as the top level."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+# What a shell reports for a command killed by SIGPIPE (128 + 13), as `head` leaves `cat` and friends.
+BROKEN_PIPE_STATUS = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`levit-trt report RUN | head`): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_STATUS
     except (ValueError, RuntimeError, OSError) as error:
         print(f"levit-trt {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -1,8 +1,9 @@
 """Finding and loading the built softmax plugin libraries, and the PyTorch op they provide.
 
 The one place that knows where CMake puts the libraries (`$LEVIT_TRT_PLUGIN_DIR`, else
-`<repo>/build`), what the TensorRT plugin is called (read from the C++ header that states it, so
-the ONNX rewrite and the library cannot disagree), and how to say what to do when a library is
+`<repo>/build`), what the TensorRT plugin is called (read from the C++ header that states it,
+shipped in the package as `levit_trt/plugin_identities/`, so the ONNX rewrite and the library
+cannot disagree), and how to say what to do when a library is
 missing or was built for another TensorRT. It never imports tensorrt (backends/tensorrt.py does,
 and passes `trt_plugin_library()` to `registry.load_library`), and imports torch only when the
 PyTorch op is asked for, so it imports on any machine.
@@ -18,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DIR_ENV = "LEVIT_TRT_PLUGIN_DIR"
 TORCH_OP_LIBRARY_NAME = "liblevit_softmax_torch.so"
 TRT_PLUGIN_LIBRARY_NAME = "liblevit_softmax_trt.so"
-PLUGIN_IDENTITY_HEADER = REPO_ROOT / "plugins" / "softmax" / "softmax_plugin_identity.h"
+# Package data (pyproject.toml), so an installed levit_trt has them too; CMake compiles the same files in.
+PLUGIN_IDENTITY_DIR = Path(__file__).resolve().parent / "plugin_identities"
+SOFTMAX_IDENTITY_HEADER = "softmax_plugin_identity.h"
+_IDENTITY_HEADER_SUFFIX = "_plugin_identity.h"
 TORCH_OP_NAME = "levit_trt::softmax"
 
 
@@ -50,23 +54,33 @@ class PluginIdentity:
     namespace: str
 
 
-@lru_cache(maxsize=1)
-def softmax_plugin_identity() -> PluginIdentity:
-    """Name, version and namespace from plugins/softmax/softmax_plugin_identity.h."""
+@cache
+def plugin_identity(header_name: str) -> PluginIdentity:
+    """Name, version and namespace from `levit_trt/plugin_identities/<op>_plugin_identity.h`, which
+    states them as `#define LEVIT_<OP>_PLUGIN_{NAME,VERSION,NAMESPACE} "..."`."""
+    if not header_name.endswith(_IDENTITY_HEADER_SUFFIX):
+        raise ValueError(f"plugin identity header {header_name!r} must be named <op>{_IDENTITY_HEADER_SUFFIX}")
+    path = PLUGIN_IDENTITY_DIR / header_name
     try:
-        text = PLUGIN_IDENTITY_HEADER.read_text()
+        text = path.read_text()
     except OSError as error:
         raise FileNotFoundError(
-            f"cannot read the plugin identity header {PLUGIN_IDENTITY_HEADER} ({error}); "
-            "levit_trt expects to run from its source tree"
+            f"cannot read the plugin identity header {path} ({error.strerror or error}); it is package data of "
+            "levit_trt: reinstall the package (pip install .), or add the header next to the others"
         ) from error
+    prefix = f"LEVIT_{header_name.removesuffix(_IDENTITY_HEADER_SUFFIX).upper()}_PLUGIN_"
     values = {}
     for key in ("NAME", "VERSION", "NAMESPACE"):
-        match = re.search(rf'^#define LEVIT_SOFTMAX_PLUGIN_{key} "([^"]*)"$', text, re.MULTILINE)
+        match = re.search(rf'^#define {prefix}{key} "([^"]*)"$', text, re.MULTILINE)
         if match is None:
-            raise ValueError(f"{PLUGIN_IDENTITY_HEADER}: no line '#define LEVIT_SOFTMAX_PLUGIN_{key} \"...\"'")
+            raise ValueError(f"{path}: no line '#define {prefix}{key} \"...\"'")
         values[key] = match.group(1)
     return PluginIdentity(values["NAME"], values["VERSION"], values["NAMESPACE"])
+
+
+def softmax_plugin_identity() -> PluginIdentity:
+    """The softmax plugin's name, version and namespace (its identity header)."""
+    return plugin_identity(SOFTMAX_IDENTITY_HEADER)
 
 
 def plugin_dir() -> Path:
@@ -158,7 +172,8 @@ def check_trt_plugin_library(tensorrt_major: int, path: Path | None = None) -> P
     expected = softmax_plugin_identity()
     if built != expected:
         raise PluginMismatchError(
-            f"{library} registers {built} but {PLUGIN_IDENTITY_HEADER} says {expected}; the library is stale, "
+            f"{library} registers {built} but {PLUGIN_IDENTITY_DIR / SOFTMAX_IDENTITY_HEADER} says {expected}; "
+            "the library is stale, "
             f"rebuild it.\n{build_instructions()}"
         )
     return library

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
 import pytest
 
-from levit_trt.cli import main
+from levit_trt.cli import BROKEN_PIPE_STATUS, build_parser, main
 from levit_trt.data import write_synthetic_imagenet
+
+DATA = Path(__file__).parent / "data"
 
 
 def test_info_reports_backends_and_reasons(capsys) -> None:
@@ -69,7 +75,9 @@ def test_eval_on_an_imagenet_layout_tree(tmp_path: Path, capsys) -> None:
     (result,) = json.loads(results.read_text())["results"]
     assert result["images"] == 6 and result["unreadable"] == 1
     assert result["unreadable_examples"][0].endswith("broken.JPEG")
-    assert "top-1" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "top-1" in captured.out
+    assert f"unreadable (not counted), {root / 'val' / 'n00000001' / 'broken.JPEG'}" in captured.err  # named
 
 
 @pytest.mark.parametrize(
@@ -102,3 +110,40 @@ def test_unknown_backend_and_precision_are_errors(tmp_path: Path, capsys) -> Non
     assert "unknown backend 'trt'" in capsys.readouterr().err
     assert main([*base, "--precision", "fp16"]) == 2
     assert "does not run fp16 on cpu" in capsys.readouterr().err
+
+
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    (sub,) = [action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("command", list(_subcommands()))
+def test_every_option_has_help_and_help_shows_defaults(command: str) -> None:
+    parser = _subcommands()[command]
+    undocumented = [action.option_strings[0] for action in parser._actions
+                    if action.option_strings and action.help in (None, "")]
+    assert not undocumented, f"levit-trt {command}: options without help text: {undocumented}"
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        shown = action.default not in (None, False, [], argparse.SUPPRESS)
+        if action.option_strings and shown and "default" not in (action.help or ""):
+            assert f"(default: {action.default})" in text, f"levit-trt {command} --help: no default for {action.dest}"
+
+
+def test_top_level_help_is_for_users() -> None:
+    text = " ".join(build_parser().format_help().split())
+    assert "LeViT image classifiers from PyTorch to ONNX and TensorRT" in text
+    assert "argument parsing" not in text  # the module docstring, for developers
+
+
+def test_a_closed_pipe_ends_the_command_quietly() -> None:
+    """`levit-trt report RUN | head`: the reader is gone before the table is written."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run([sys.executable, "-m", "levit_trt.cli", "report", str(DATA / "run_h100_old.json")],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, check=False,
+                                cwd=Path(__file__).parents[1], timeout=120)
+    finally:
+        os.close(write_end)
+    assert result.stderr == "" and result.returncode == BROKEN_PIPE_STATUS

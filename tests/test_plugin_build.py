@@ -1,7 +1,7 @@
 """CMake builds both plugin libraries with nvcc (compile and link only; no GPU needed).
 
-The TensorRT plugin is built against each TensorRT header set in ../shared/tensorrt-headers
-(or $LEVIT_TRT_HEADERS_DIR) for one CUDA architecture, without libnvinfer; the PyTorch op against
+The TensorRT plugin is built against each TensorRT header set in $LEVIT_TRT_HEADERS_DIR
+(default ../shared/tensorrt-headers; the `tensorrt_headers` fixture) for one CUDA architecture, without libnvinfer; the PyTorch op against
 the torch this interpreter imports. Skipped, with the reason, where cmake, nvcc, the headers or a
 CUDA build of torch are missing.
 """
@@ -21,7 +21,6 @@ import pytest
 from levit_trt import plugins
 
 REPO_ROOT = plugins.REPO_ROOT
-HEADERS_ROOT = Path(os.environ.get("LEVIT_TRT_HEADERS_DIR", REPO_ROOT.parent / "shared" / "tensorrt-headers"))
 TRT_HEADER_VERSIONS = ("10.13", "11.1")
 CUDA_ARCH = "80"  # one architecture keeps the compile short
 
@@ -74,11 +73,9 @@ def header_major(headers: Path) -> int:
 
 
 @pytest.mark.parametrize("version", TRT_HEADER_VERSIONS)
-def test_trt_plugin_builds_against_headers(tmp_path, version):
+def test_trt_plugin_builds_against_headers(tmp_path, version, tensorrt_headers):
     nvcc = require_toolchain()
-    headers = HEADERS_ROOT / version
-    if not (headers / "NvInfer.h").is_file():
-        pytest.skip(f"TensorRT {version} headers not found at {headers}")
+    headers = tensorrt_headers(version)
 
     cmake_build(tmp_path, nvcc, f"-DTENSORRT_INCLUDE_DIR={headers}", "-DLEVIT_BUILD_TORCH_OP=OFF")
     library = tmp_path / plugins.TRT_PLUGIN_LIBRARY_NAME
@@ -125,7 +122,7 @@ def test_torch_op_builds_and_registers(tmp_path):
 
 README_BUILD_COMMAND = "cmake -S . -B build && cmake --build build -j"
 # What the build reads from the source tree; the test builds a copy so the checkout's build/ stays untouched.
-BUILD_SOURCES = ("CMakeLists.txt", "plugins")
+BUILD_SOURCES = ("CMakeLists.txt", "plugins", "levit_trt/plugin_identities")
 
 
 def test_readme_build_command_works_with_default_generator(tmp_path):
@@ -140,6 +137,7 @@ def test_readme_build_command_works_with_default_generator(tmp_path):
     source.mkdir()
     for name in BUILD_SOURCES:
         copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy2
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
         copy(REPO_ROOT / name, source / name)  # type: ignore[operator]
     env = {name: value for name, value in os.environ.items() if name not in ("CMAKE_GENERATOR", "CUDACXX")}
     # The command as written finds nvcc and python3 on PATH; CUDAARCHS (read by CMake itself) keeps it to one
@@ -159,3 +157,14 @@ def test_missing_library_error_says_how_to_build(tmp_path, monkeypatch):
         with pytest.raises(plugins.PluginNotBuiltError, match=r"cmake -S \. -B build") as error:
             find()
         assert str(tmp_path) in str(error.value)
+
+
+def test_missing_headers_skip_says_how_to_set_the_directory(tmp_path):
+    env = {**os.environ, "LEVIT_TRT_HEADERS_DIR": str(tmp_path / "nowhere")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0",
+                             "tests/test_engine_options.py", "-k", "planned_flag"],
+                            capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300, check=False)
+    assert result.returncode == 0 and "2 skipped" in result.stdout, result.stdout[-3000:]
+    assert (f"no {tmp_path / 'nowhere' / '11.1' / 'NvInfer.h'} (from $LEVIT_TRT_HEADERS_DIR); "
+            "set LEVIT_TRT_HEADERS_DIR=DIR where DIR/11.1/NvInfer.h is TensorRT 11.1's include/NvInfer.h") in " ".join(
+                result.stdout.split())
