@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from levit_trt.backends.base import PRECISIONS
 from levit_trt.backends.registry import backend_class
-from levit_trt.runs import BenchmarkCase, Run, load_run
+from levit_trt.runs import BenchmarkCase, Run, Top1, load_run
 from levit_trt.variants import VARIANTS, resolve_variant
 
 if TYPE_CHECKING:
@@ -114,11 +114,11 @@ def _environment_line(run: Run) -> str:
 
 def report_markdown(
     run: Run,
-    top1: Mapping[tuple[str, str, str], float] | None = None,
+    top1: Mapping[tuple[str, str, str], Top1] | None = None,
     baseline: str | Baseline = DEFAULT_BASELINE,
 ) -> str:
-    """One Markdown table per variant, batch and device: backend, precision, top-1 (when `top1`
-    is given), median latency, and speed-up against `baseline` in the same table."""
+    """One Markdown table per variant, batch and device: backend, precision, top-1 and the number of
+    images it was measured on (when `top1` is given), median latency, and speed-up against `baseline`."""
     base = baseline if isinstance(baseline, Baseline) else Baseline.parse(baseline)
     rows = latency_rows(run)
     if not any(base.matches(row) for row in rows):
@@ -142,7 +142,7 @@ def report_markdown(
         first = group[0]
         reference = next((row.latency_ms for row in group if base.matches(row)), None)
         single_call = any(row.single_call_ms is not None for row in group)
-        header = ["backend", "precision", *(["top-1 (%)"] if top1 is not None else []), "latency (ms)",
+        header = ["backend", "precision", *(["top-1 (%)", "top-1 images"] if top1 is not None else []), "latency (ms)",
                   *(["single call (ms)"] if single_call else []), f"speed-up vs {base}"]
         lines += ["", f"## {resolve_variant(first.variant).display}, batch {first.batch}, {first.device}", "",
                   "| " + " | ".join(header) + " |",
@@ -151,7 +151,8 @@ def report_markdown(
             cells = [row.label, row.precision]
             if top1 is not None:
                 known = top1.get((row.variant, row.backend, row.precision))
-                cells.append("–" if known is None else f"{known:.2f}")
+                cells.append("–" if known is None else f"{known.top1:.2f}")
+                cells.append("–" if known is None or known.images is None else f"{known.images:,}")
             cells.append(_ms(row.latency_ms))
             if single_call:
                 cells.append("–" if row.single_call_ms is None else _ms(row.single_call_ms))

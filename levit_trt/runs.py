@@ -128,14 +128,23 @@ def load_accuracy_document(path: Path | str) -> dict[str, Any]:
     return document
 
 
-def load_top1(path: Path | str) -> dict[tuple[str, str, str], float]:
-    """Top-1 (%) by (variant name, backend, precision) from an accuracy file; a later result for the
+@dataclass(frozen=True)
+class Top1:
+    """A top-1 (%) from an accuracy file and how many images it was measured on (None if the file does not say)."""
+
+    top1: float
+    images: int | None
+
+
+def load_top1(path: Path | str) -> dict[tuple[str, str, str], Top1]:
+    """Top-1 by (variant name, backend, precision) from an accuracy file; a later result for the
     same key replaces an earlier one."""
     top1 = {}
     for index, result in enumerate(load_accuracy_document(path)["results"]):
         try:
             key = (resolve_variant(result["variant"]).name, str(result["backend"]), str(result["precision"]))
-            top1[key] = float(result["top1"])
+            images = result.get("images")
+            top1[key] = Top1(float(result["top1"]), None if images is None else int(images))
         except (KeyError, TypeError, ValueError) as error:
             raise RunFileError(f"{path}: result #{index} lacks a valid variant/backend/precision/top1 ({error})") from error
     return top1
