@@ -3,11 +3,15 @@
 The new fixture differs from the old one in known ways (tests/data/run_h100_new.json): torch fp32
 bs1 8.0 -> 7.2 ms, TensorRT fp16 bs1 0.5 -> 0.6 ms, TensorRT fp16 bs16 1.5 -> 1.62 ms, the plugin
 softmax 6.2 -> 9.3 us; LeViT-384 TensorRT only in old, ONNX Runtime bs1 only in new.
+The runs are made up but complete pytest-benchmark files: the stats besides min, max, mean, stddev and
+median (q1, q3, iqr, ld15iqr, hd15iqr, outliers, ops, total) are derived from those five.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,3 +131,14 @@ def test_unlike_machines_compared_on_request_with_a_loud_warning(capsys) -> None
     assert "WARNING: these runs come from different machines" in captured.err
     assert "device: 'cuda' -> 'cpu'" in captured.err
     assert compare(OLD, NEW).machine_warning() is None  # the same machine: no warning
+
+
+def test_the_saved_runs_here_are_complete_pytest_benchmark_files() -> None:
+    """pytest-benchmark's own `compare` reads tests/data's runs (it needs every stats field, iqr included)."""
+    runs = [DATA / "run_h100_old.json", DATA / "run_h100_new.json", CPU_RUN]
+    result = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()", "compare",
+                             *(run.name for run in runs), "--columns", "min,median,iqr,ops"], capture_output=True,
+                            text=True, cwd=DATA, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for run in runs:
+        assert f"test_latency[levit_128s-torch-fp32-bs1] ({run.stem})" in result.stdout
