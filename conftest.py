@@ -7,6 +7,7 @@ suites run; anything the machine cannot run is skipped with its reason (`pytest 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,28 @@ def pytest_configure(config: pytest.Config) -> None:
     usage error instead of a collection error in every module."""
     benchmark_rounds(config, selected_device(config))
     selected_cases(config)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """End the run with something worth reading: why tests were skipped, grouped by reason (a bare
+    "80 skipped" says nothing; `-rs` lists each instead), and how to turn a saved run into tables."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    listed = set(config.getoption("reportchars") or "") & {"s", "a", "A"}
+    if skipped and not listed:
+        reasons = Counter(_skip_reason(report) for report in skipped)
+        terminalreporter.section(f"{len(skipped)} skipped, by reason (-rs lists each)")
+        for reason, count in reasons.most_common():
+            terminalreporter.write_line(f"{count:4d}  {reason}")
+    saved = config.getoption("benchmark_json", None)
+    if saved is not None:
+        terminalreporter.write_line(f"latency tables of this run: levit-trt report {getattr(saved, 'name', saved)}")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """The first line of a skip's reason (what `-rs` shows, without the location)."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ").strip().splitlines()[0]
 
 
 @pytest.hookimpl(optionalhook=True)
