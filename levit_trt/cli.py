@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 DESCRIPTION = (
     "LeViT image classifiers from PyTorch to ONNX and TensorRT: export and build engines, quantize to INT8, "
@@ -99,7 +100,7 @@ def _eval(args: argparse.Namespace) -> int:
     from levit_trt.backends.base import ModelSource, set_tf32
     from levit_trt.backends.registry import create_backend
     from levit_trt.cache import ensure_cache_dir
-    from levit_trt.data import LoaderOptions, imagenet_loader
+    from levit_trt.data import ImageNetFolder, LoaderOptions, imagenet_loader
     from levit_trt.environment import machine_info
     from levit_trt.variants import resolve_variant
     from levit_trt.weights import parse_weights
@@ -112,8 +113,9 @@ def _eval(args: argparse.Namespace) -> int:
     set_tf32(args.tf32)
     source = ModelSource(variant, weights, ensure_cache_dir(args.cache_dir))
     backend = create_backend(args.backend, source, args.precision, args.device)
+    dataset = cast(ImageNetFolder, loader.dataset)  # what imagenet_loader batches
     result = evaluate(backend, loader, variant=variant, weights=weights.describe(),
-                      samples=loader.dataset.samples, extra={"data_path": str(args.data_path), "limit": args.limit})
+                      samples=dataset.samples, extra={"data_path": str(args.data_path), "limit": args.limit})
     print(f"{variant.display} {backend.name} {backend.precision}: top-1 {result.top1:.2f}  "
           f"top-5 {result.top5:.2f}  ({result.images} images, {result.unreadable} unreadable, "
           f"{result.images_per_s:.0f} img/s)")

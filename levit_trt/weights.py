@@ -134,6 +134,7 @@ def _unreadable_reason(error: Exception) -> str:
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors or a torch file, converting the original release's keys."""
+    state: object  # whatever the file holds, until checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
