@@ -86,3 +86,10 @@ def test_commit_of_this_checkout() -> None:
         pytest.skip(f"{REPO_ROOT} is not a git checkout")
     commit = machine_info()["commit"]
     assert commit["id"] == _git(REPO_ROOT, "rev-parse", "HEAD") and isinstance(commit["dirty"], bool)
+
+
+def test_saved_runs_take_our_commit_not_the_working_directorys(pytestconfig) -> None:
+    """pytest-benchmark reads the commit of the working directory's repository; the conftest hook replaces it."""
+    commit_info = {"id": "0000000000000000000000000000000000000000", "dirty": False, "branch": "theirs"}
+    pytestconfig.hook.pytest_benchmark_update_commit_info(config=pytestconfig, commit_info=commit_info)
+    assert commit_info == environment.project_commit()
