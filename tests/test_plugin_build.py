@@ -1,9 +1,10 @@
 """CMake builds both plugin libraries with nvcc (compile and link only; no GPU needed).
 
-The TensorRT plugin is built against each TensorRT header set in $LEVIT_TRT_HEADERS_DIR
-(default ../shared/tensorrt-headers; the `tensorrt_headers` fixture) for one CUDA architecture, without libnvinfer; the PyTorch op against
-the torch this interpreter imports. Skipped, with the reason, where cmake, nvcc, the headers or a
-CUDA build of torch are missing.
+The TensorRT plugin is built against each TensorRT header set in $LEVIT_TRT_HEADERS_DIR (default
+../shared/tensorrt-headers; the `tensorrt_headers` fixture) for one CUDA architecture, without
+libnvinfer; the PyTorch op against the torch this interpreter imports; and the README's own command
+with CMake's default generator. Skipped, with the reason, where cmake, nvcc, the headers or a CUDA
+build of torch are missing.
 """
 
 from __future__ import annotations
