@@ -7,6 +7,7 @@ suites run; anything the machine cannot run is skipped with its reason (`pytest 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,68 @@ def pytest_configure(config: pytest.Config) -> None:
     selected_cases(config)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """End the run with something worth reading: why tests were skipped, grouped by reason (a bare
+    "80 skipped" says nothing; `-rs` lists each instead), and how to turn a saved run into tables."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    listed = set(config.getoption("reportchars") or "") & {"s", "a", "A"}
+    if skipped and not listed:
+        reasons = Counter(_skip_reason(report) for report in skipped)
+        terminalreporter.section(f"{len(skipped)} skipped, by reason (-rs lists each)")
+        for reason, count in reasons.most_common():
+            terminalreporter.write_line(f"{count:4d}  {reason}")
+    saved = config.getoption("benchmark_json", None)
+    if saved is not None:
+        terminalreporter.write_line(f"latency tables of this run: levit-trt report {getattr(saved, 'name', saved)}")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    """The first line of a skip's reason (what `-rs` shows, without the location)."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    return reason.removeprefix("Skipped: ").strip().splitlines()[0]
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
     """Every saved run says which GPU, driver, CUDA and library versions produced it."""
     from levit_trt.environment import machine_info as levit_machine_info
 
     machine_info["levit_trt"] = levit_machine_info()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_commit_info(config: pytest.Config, commit_info: dict[str, Any]) -> None:
+    """The commit of the levit_trt checkout, not of whatever repository the working directory is in."""
+    from levit_trt.environment import project_commit
+
+    commit_info.clear()
+    commit_info.update(project_commit())
+
+
+TENSORRT_HEADERS_ENV = "LEVIT_TRT_HEADERS_DIR"
+
+
+@pytest.fixture(scope="session")
+def tensorrt_headers() -> Callable[[str], Path]:
+    """`tensorrt_headers("10.13")`: the directory holding that TensorRT version's NvInfer.h, under
+    $LEVIT_TRT_HEADERS_DIR (default: shared/tensorrt-headers beside the checkout); where it is missing,
+    a skip whose reason says how to point the tests at the headers."""
+    from levit_trt.plugins import REPO_ROOT
+
+    configured = os.environ.get(TENSORRT_HEADERS_ENV)
+    root = Path(configured) if configured else REPO_ROOT.parent / "shared" / "tensorrt-headers"
+
+    def find(version: str) -> Path:
+        headers = root / version
+        if not (headers / "NvInfer.h").is_file():
+            source = f"${TENSORRT_HEADERS_ENV}" if configured else f"the default, unset ${TENSORRT_HEADERS_ENV}"
+            pytest.skip(f"TensorRT {version} headers not found: no {headers / 'NvInfer.h'} (from {source}); "
+                        f"set {TENSORRT_HEADERS_ENV}=DIR where DIR/{version}/NvInfer.h is TensorRT {version}'s "
+                        "include/NvInfer.h")
+        return headers
+
+    return find
 
 
 @pytest.fixture(scope="session")

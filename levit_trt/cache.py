@@ -4,15 +4,24 @@ An entry is a directory holding the artifact files and a `manifest.json` that li
 of the build. The directory is built under a temporary name and renamed into place with its
 manifest already inside, under a file lock: a killed build leaves only a `*.tmp-*` directory that
 is never read, and parallel test workers build each entry once.
+
+What killed work leaves behind is removed by the next write of the same thing, only where its
+owner is provably gone: an entry's temporary directory is made only by the holder of the entry's
+lock, so whoever holds the lock may remove any other; a user-named output has no lock, so its
+temporary file carries its writer's PID and host, and is removed only when that PID is no longer
+alive on this host (a reused PID keeps it: the safe side).
 """
 
 from __future__ import annotations
 
 import fcntl
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -21,6 +30,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST_NAME = "manifest.json"
+# After an output's `.NAME.tmp-`: the writer's PID@host, '+', mkstemp's random part, and `.old` on a backup.
+# '+' and '@' cannot occur in a host name, so the fields split unambiguously.
+_OWNED_TEMPORARY = re.compile(r"(\d+)@([^+]+)\+[a-z0-9_]+(?:\.old)?")
 _umask_lock = threading.Lock()
 
 
@@ -99,6 +111,13 @@ def read_manifest(entry: Path) -> dict[str, Any] | None:
     return manifest
 
 
+def cached_entry(root: Path, kind: str, manifest: Mapping[str, Any]) -> Path | None:
+    """The complete entry for `manifest` if the cache holds one; nothing is built or locked."""
+    wanted = json.loads(canonical_json(manifest))
+    entry = root / kind / cache_key(wanted)
+    return entry if entry.is_dir() and read_manifest(entry) == wanted else None
+
+
 def cached_build(
     root: Path,
     kind: str,
@@ -114,7 +133,10 @@ def cached_build(
     wanted = json.loads(canonical_json(manifest))
     entry = root / kind / cache_key(wanted)
     with file_lock(root / kind / f"{entry.name}.lock"):
-        if entry.is_dir() and read_manifest(entry) == wanted:
+        # Only a holder of this lock makes these, so any found now was left by a killed build.
+        for stale in entry.parent.glob(glob.escape(entry.name) + ".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if cached_entry(root, kind, wanted) is not None:
             return entry
         tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f"{entry.name}.tmp-"))
         try:
@@ -150,7 +172,7 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
     try:
         for path in paths:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}@{socket.gethostname()}+")
             os.close(fd)
             temps.append(Path(name))
         yield tuple(temps)
@@ -170,9 +192,34 @@ def atomic_outputs(*paths: Path) -> Iterator[tuple[Path, ...]]:
                 elif path.is_file():
                     path.unlink()
             raise
+        for path in paths:  # after publishing: a killed writer's backup is then surely obsolete
+            remove_stale_temporaries(path)
     finally:
         for tmp in temps:
             tmp.unlink(missing_ok=True)
         for _, backup in backups:
             if backup is not None:
                 backup.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries `atomic_outputs` left beside `path` in writers that died on this host;
+    return them. Those of a live PID, another host, or without an owner in their name are kept."""
+    prefix = f".{path.name}.tmp-"
+    removed = []
+    for candidate in path.parent.glob(glob.escape(prefix) + "*"):
+        owner = _OWNED_TEMPORARY.fullmatch(candidate.name[len(prefix):])
+        if owner and owner.group(2) == socket.gethostname() and not _process_alive(int(owner.group(1))):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed

@@ -7,15 +7,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
+
+DESCRIPTION = (
+    "LeViT image classifiers from PyTorch to ONNX and TensorRT: export and build engines, quantize to INT8, "
+    "measure ImageNet accuracy, and turn saved benchmark runs into tables and comparisons. "
+    "`levit-trt info` says what this machine can run."
+)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (None, an off flag) or its help states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or action.default == [] or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _common_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variant", default="128S", help="LeViT variant: 128S, 128, 192, 256 or 384")
     parser.add_argument("--weights", default="pretrained",
-                        help="'pretrained' (timm hub), 'random[:SEED]' (tests) or a checkpoint path")
+                        help="'pretrained': timm's ImageNet weights from the Hugging Face hub, downloaded on first use "
+                             "(offline, set HF_HUB_OFFLINE=1 to use the downloaded copy, or fail at once instead of "
+                             "retrying the hub); 'random[:SEED]': seeded test weights, no download; or the path of a "
+                             ".pth/.safetensors checkpoint (default: %(default)s)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="artifact cache (default: LEVIT_TRT_CACHE or ~/.cache/levit_trt)")
 
 
@@ -46,19 +66,24 @@ def _add_info(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from levit_trt.cache import atomic_output
-    from levit_trt.export import ExportOptions, export_onnx
-    from levit_trt.models import load_model
+    import shutil
+
+    from levit_trt.cache import atomic_output, ensure_cache_dir
+    from levit_trt.export import ExportOptions, cached_onnx, find_cached_onnx
     from levit_trt.variants import resolve_variant
     from levit_trt.weights import parse_weights
 
     variant = resolve_variant(args.variant)
     options = ExportOptions(opset=args.opset, exporter=args.exporter, precision=args.precision,
                             softmax_plugin=args.softmax_plugin)
-    model = load_model(variant, parse_weights(args.weights))
+    weights = parse_weights(args.weights)
+    cache_dir = ensure_cache_dir(args.cache_dir)
+    hit = find_cached_onnx(variant, weights, options, cache_dir) is not None
+    onnx_path = cached_onnx(variant, weights, options, cache_dir)
     with atomic_output(args.out) as tmp:
-        export_onnx(model, tmp, options, variant.input_size)
-    print(f"wrote {args.out} ({variant.display}, {options})")
+        shutil.copyfile(onnx_path, tmp)
+    print(f"wrote {args.out} ({variant.display}, {options}; {'cache hit' if hit else 'exported into the cache'}: "
+          f"{onnx_path})")
     return 0
 
 
@@ -66,9 +91,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("export", help="export a prepared LeViT to ONNX (dynamic batch)")
     _common_model_args(parser)
     parser.add_argument("--out", type=Path, required=True, help="ONNX file to write")
-    parser.add_argument("--opset", type=int, default=18)
-    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo")
-    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset version")
+    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                        help="dynamo: torch.export, PyTorch's supported exporter; torchscript: the legacy tracer")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="weights and I/O type of the graph (fp16 for TensorRT 11's strongly typed fp16 engines)")
     parser.add_argument("--softmax-plugin", action="store_true",
                         help="replace last-axis Softmax nodes with the levit_trt softmax plugin")
     parser.set_defaults(handler=_export)
@@ -79,7 +106,7 @@ def _eval(args: argparse.Namespace) -> int:
     from levit_trt.backends.base import ModelSource, set_tf32
     from levit_trt.backends.registry import create_backend
     from levit_trt.cache import ensure_cache_dir
-    from levit_trt.data import LoaderOptions, imagenet_loader
+    from levit_trt.data import ImageNetFolder, LoaderOptions, imagenet_loader
     from levit_trt.environment import machine_info
     from levit_trt.variants import resolve_variant
     from levit_trt.weights import parse_weights
@@ -92,11 +119,16 @@ def _eval(args: argparse.Namespace) -> int:
     set_tf32(args.tf32)
     source = ModelSource(variant, weights, ensure_cache_dir(args.cache_dir))
     backend = create_backend(args.backend, source, args.precision, args.device)
+    dataset = cast(ImageNetFolder, loader.dataset)  # what imagenet_loader batches
     result = evaluate(backend, loader, variant=variant, weights=weights.describe(),
-                      samples=loader.dataset.samples, extra={"data_path": str(args.data_path), "limit": args.limit})
+                      samples=dataset.samples, extra={"data_path": str(args.data_path), "limit": args.limit})
     print(f"{variant.display} {backend.name} {backend.precision}: top-1 {result.top1:.2f}  "
           f"top-5 {result.top5:.2f}  ({result.images} images, {result.unreadable} unreadable, "
           f"{result.images_per_s:.0f} img/s)")
+    if result.unreadable:
+        shown = len(result.unreadable_examples)
+        print(f"unreadable (not counted), {'' if shown == result.unreadable else f'first {shown}: '}"
+              + ", ".join(result.unreadable_examples), file=sys.stderr)
     if args.out:
         append_results(args.out, [result], machine_info())
     return 0
@@ -106,11 +138,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("eval", help="top-1/top-5 of one backend on an ImageNet-layout folder")
     _common_model_args(parser)
     parser.add_argument("--data-path", type=Path, required=True, help="ImageNet root holding val/<wnid>/<image>")
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--backend", default="torch")
-    parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--split", default="val", help="folder under --data-path to evaluate on")
+    parser.add_argument("--backend", default="torch", help="backend to evaluate (levit-trt info lists them)")
+    parser.add_argument("--precision", default="fp32", help="fp32, fp16, bf16 or int8, where the backend runs it")
+    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu",
+                        help="cpu or cuda (default here: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per inference call")
     parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: CPU cores - 1)")
     parser.add_argument("--limit", type=int, default=None, help="seeded class-balanced subset of N images")
     parser.add_argument("--classes", type=int, default=1000,
@@ -146,7 +179,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _compare(args: argparse.Namespace) -> int:
     from levit_trt.report import compare
 
-    comparison = compare(args.old, args.new, args.fail_above)
+    comparison = compare(args.old, args.new, args.fail_above, allow_different_machines=args.allow_different_machines)
+    warning = comparison.machine_warning()
+    if warning:
+        print(f"levit-trt compare: {warning}", file=sys.stderr)
     print(comparison.to_markdown(), end="")
     return 1 if comparison.regressions else 0
 
@@ -157,6 +193,9 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("new", type=Path, help="pytest-benchmark JSON of the later run")
     parser.add_argument("--fail-above", type=float, default=None, metavar="PCT",
                         help="flag cases more than PCT%% slower and exit with status 1 if there are any")
+    parser.add_argument("--allow-different-machines", action="store_true",
+                        help="compare runs whose device, GPU, CPU, driver, CUDA or torch/TensorRT/ONNX Runtime "
+                             "versions differ (refused otherwise), with a warning")
     parser.set_defaults(handler=_compare)
 
 
@@ -203,7 +242,7 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("build", help="build a TensorRT engine from an ONNX file (with its layer report beside it)")
     parser.add_argument("--onnx", type=Path, required=True, help="ONNX file (levit-trt export, or levit-trt quantize)")
     parser.add_argument("--engine", type=Path, required=True, help="engine file to write; <engine>.layers.json beside it")
-    parser.add_argument("--precision", choices=ENGINE_PRECISIONS, default="fp32")
+    parser.add_argument("--precision", choices=ENGINE_PRECISIONS, default="fp32", help="engine precision")
     parser.add_argument("--flavor", choices=FLAVORS, default="tensorrt",
                         help="tensorrt: TensorRT 10/11, builds on the GPU it targets; rtx: TensorRT-RTX, builds without "
                              "a GPU (pip install -e '.[rtx]')")
@@ -213,9 +252,9 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                              "RTX's own set)")
     parser.add_argument("--plugins", type=Path, nargs="+", default=[],
                         help="TensorRT plugin libraries to load (default: the softmax plugin when the ONNX uses it)")
-    parser.add_argument("--min-batch", type=int, default=DEFAULT_BATCH_RANGE[0])
-    parser.add_argument("--opt-batch", type=int, default=DEFAULT_BATCH_RANGE[1])
-    parser.add_argument("--max-batch", type=int, default=DEFAULT_BATCH_RANGE[2])
+    parser.add_argument("--min-batch", type=int, default=DEFAULT_BATCH_RANGE[0], help="smallest batch the engine takes")
+    parser.add_argument("--opt-batch", type=int, default=DEFAULT_BATCH_RANGE[1], help="batch TensorRT tunes for")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_BATCH_RANGE[2], help="largest batch the engine takes")
     parser.add_argument("--opt-level", type=int, default=DEFAULT_OPT_LEVEL, help="builder optimisation level 0-5")
     parser.add_argument("--workspace-mib", type=int, default=None, help="workspace limit (default: TensorRT's)")
     parser.add_argument("--timing-cache", type=Path, default=None, help="persistent tactic timing cache file")
@@ -334,17 +373,35 @@ SUBCOMMANDS = [_add_info, _add_export, _add_eval, _add_calibrate, _add_quantize,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="levit-trt", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="levit-trt", description=DESCRIPTION, formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_SubcommandParser)
     for add in SUBCOMMANDS:
         add(sub)
     return parser
+
+
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser, with the same help formatter as the top level."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+# What a shell reports for a command killed by SIGPIPE (128 + 13), as `head` leaves `cat` and friends.
+BROKEN_PIPE_STATUS = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.handler(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`levit-trt report RUN | head`): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return BROKEN_PIPE_STATUS
     except (ValueError, RuntimeError, OSError) as error:
         print(f"levit-trt {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -6,9 +6,12 @@ import platform
 import shutil
 import subprocess
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from levit_trt.plugins import REPO_ROOT
 
 # Modules whose versions a result depends on. Each version is read from the metadata of the
 # distribution that installs the module (onnxruntime-gpu for onnxruntime, tensorrt-cu12-bindings
@@ -61,6 +64,36 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _git(root: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True)
+    return result.stdout.strip()
+
+
+def project_commit(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """The commit of the checkout levit_trt runs from, in pytest-benchmark's commit_info fields.
+
+    Recorded only when git's top level is `root` itself: a copy of the project that is not a
+    checkout, placed inside another repository, would otherwise be credited with that repository's
+    commit. Otherwise the id is "unknown" and `unknown_because` says why.
+    """
+    unknown = {"id": "unknown", "time": None, "author_time": None, "dirty": False, "project": root.name,
+               "branch": "(unknown)"}
+    if shutil.which("git") is None:
+        return {**unknown, "unknown_because": "git is not installed"}
+    try:
+        top_level = Path(_git(root, "rev-parse", "--show-toplevel")).resolve()
+        if top_level != root.resolve():
+            return {**unknown, "unknown_because": f"{root} is not a git checkout (git's top level there is {top_level})"}
+        commit, commit_time, author_time = _git(root, "log", "-1", "--format=%H%n%cI%n%aI").splitlines()
+        branch = _git(root, "rev-parse", "--abbrev-ref", "HEAD")
+        dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError, ValueError) as error:
+        reason = getattr(error, "stderr", None) or error
+        return {**unknown, "unknown_because": f"{root} is not a usable git checkout ({str(reason).strip()})"}
+    return {"id": commit, "time": commit_time, "author_time": author_time, "dirty": dirty, "project": root.name,
+            "branch": "(detached head)" if branch == "HEAD" else branch}
+
+
 def machine_info() -> dict[str, Any]:
     """A flat description of this machine for saved runs and accuracy files."""
     info: dict[str, Any] = {
@@ -71,6 +104,7 @@ def machine_info() -> dict[str, Any]:
         "versions": module_versions(),
         "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "commit": project_commit(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from levit_trt.cache import cached_build
+from levit_trt.cache import cached_build, cached_entry
 from levit_trt.variants import Variant
 from levit_trt.weights import WeightsSpec, file_sha256
 
@@ -201,3 +201,9 @@ def cached_onnx(
 
     entry = cached_build(cache_dir, "onnx", onnx_manifest(variant, weights, options), build)
     return entry / ONNX_FILENAME
+
+
+def find_cached_onnx(variant: Variant, weights: WeightsSpec, options: ExportOptions, cache_dir: Path) -> Path | None:
+    """The cached ONNX file `cached_onnx` would return, if it is already in the cache (nothing is exported)."""
+    entry = cached_entry(cache_dir, "onnx", onnx_manifest(variant, weights, options))
+    return None if entry is None else entry / ONNX_FILENAME

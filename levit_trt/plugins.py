@@ -1,10 +1,11 @@
 """Finding and loading the built plugin libraries (softmax, fused attention) and their PyTorch ops.
 
 The one place that knows where CMake puts the libraries (`$LEVIT_TRT_PLUGIN_DIR`, else
-`<repo>/build`), what the TensorRT plugin is called (read from the C++ header that states it, so
-the ONNX rewrite and the library cannot disagree), and how to say what to do when a library is
-missing or was built for another TensorRT. It never imports tensorrt (levit_trt.tensorrt does, and
-passes `trt_plugin_library()` to `registry.load_library`), and imports torch only when the
+`<repo>/build`), what each TensorRT plugin is called (read from the C++ header that states it,
+shipped in the package as `levit_trt/plugin_identities/`, so the ONNX rewrite and the library
+cannot disagree), and how to say what to do when a library is missing or was built for another
+TensorRT. It never imports tensorrt (levit_trt.tensorrt does, and passes `trt_plugin_library()`
+to `registry.load_library`), and imports torch only when the
 PyTorch op is asked for, so it imports on any machine.
 """
 
@@ -18,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DIR_ENV = "LEVIT_TRT_PLUGIN_DIR"
 TORCH_OP_LIBRARY_NAME = "liblevit_softmax_torch.so"
 TRT_PLUGIN_LIBRARY_NAME = "liblevit_softmax_trt.so"
-PLUGIN_IDENTITY_HEADER = REPO_ROOT / "plugins" / "softmax" / "softmax_plugin_identity.h"
+# Package data (pyproject.toml), so an installed levit_trt has them too; CMake compiles the same files in.
+PLUGIN_IDENTITY_DIR = Path(__file__).resolve().parent / "plugin_identities"
+SOFTMAX_IDENTITY_HEADER = "softmax_plugin_identity.h"
+_IDENTITY_HEADER_SUFFIX = "_plugin_identity.h"
 TORCH_OP_NAME = "levit_trt::softmax"
 
 
@@ -50,27 +54,33 @@ class PluginIdentity:
     namespace: str
 
 
-def _header_identity(header: Path, macro_prefix: str) -> PluginIdentity:
-    """Name, version and namespace from the `#define <macro_prefix>_{NAME,VERSION,NAMESPACE} "..."` lines."""
+@cache
+def plugin_identity(header_name: str) -> PluginIdentity:
+    """Name, version and namespace from `levit_trt/plugin_identities/<op>_plugin_identity.h`, which
+    states them as `#define LEVIT_<OP>_PLUGIN_{NAME,VERSION,NAMESPACE} "..."`."""
+    if not header_name.endswith(_IDENTITY_HEADER_SUFFIX):
+        raise ValueError(f"plugin identity header {header_name!r} must be named <op>{_IDENTITY_HEADER_SUFFIX}")
+    path = PLUGIN_IDENTITY_DIR / header_name
     try:
-        text = header.read_text()
+        text = path.read_text()
     except OSError as error:
         raise FileNotFoundError(
-            f"cannot read the plugin identity header {header} ({error}); levit_trt expects to run from its source tree"
+            f"cannot read the plugin identity header {path} ({error.strerror or error}); it is package data of "
+            "levit_trt: reinstall the package (pip install .), or add the header next to the others"
         ) from error
+    prefix = f"LEVIT_{header_name.removesuffix(_IDENTITY_HEADER_SUFFIX).upper()}_PLUGIN_"
     values = {}
     for key in ("NAME", "VERSION", "NAMESPACE"):
-        match = re.search(rf'^#define {macro_prefix}_{key} "([^"]*)"$', text, re.MULTILINE)
+        match = re.search(rf'^#define {prefix}{key} "([^"]*)"$', text, re.MULTILINE)
         if match is None:
-            raise ValueError(f"{header}: no line '#define {macro_prefix}_{key} \"...\"'")
+            raise ValueError(f"{path}: no line '#define {prefix}{key} \"...\"'")
         values[key] = match.group(1)
     return PluginIdentity(values["NAME"], values["VERSION"], values["NAMESPACE"])
 
 
-@lru_cache(maxsize=1)
 def softmax_plugin_identity() -> PluginIdentity:
-    """Name, version and namespace from plugins/softmax/softmax_plugin_identity.h."""
-    return _header_identity(PLUGIN_IDENTITY_HEADER, "LEVIT_SOFTMAX_PLUGIN")
+    """The softmax plugin's name, version and namespace (its identity header)."""
+    return plugin_identity(SOFTMAX_IDENTITY_HEADER)
 
 
 def plugin_dir() -> Path:
@@ -143,7 +153,7 @@ def _compiled_identity(library: Path, symbol_prefix: str) -> PluginIdentity:
 
 
 def _checked_trt_library(library: Path, accepted_majors: Collection[int], symbol_prefix: str,
-                         expected: PluginIdentity, header: Path, runtime: str) -> Path:
+                         expected: PluginIdentity, header: str, runtime: str) -> Path:
     """`library`, after checking it was built for headers `runtime` loads plugins of and registers `expected`.
 
     `accepted_majors` are the TensorRT header majors the installed TensorRT loads plugins of
@@ -161,7 +171,7 @@ def _checked_trt_library(library: Path, accepted_majors: Collection[int], symbol
     built = _compiled_identity(library, symbol_prefix)
     if built != expected:
         raise PluginMismatchError(
-            f"{library} registers {built} but {header} says {expected}; the library is stale, "
+            f"{library} registers {built} but {PLUGIN_IDENTITY_DIR / header} says {expected}; the library is stale, "
             f"rebuild it.\n{build_instructions()}"
         )
     return library
@@ -182,7 +192,7 @@ def check_trt_plugin_library(accepted_majors: Collection[int], path: Path | None
     """The softmax plugin library's path, after checking it suits this TensorRT and this source tree."""
     library = path if path is not None else trt_plugin_library()
     return _checked_trt_library(library, accepted_majors, "levit_softmax", softmax_plugin_identity(),
-                                PLUGIN_IDENTITY_HEADER, runtime)
+                                SOFTMAX_IDENTITY_HEADER, runtime)
 
 
 def _load_op_library(path: Path) -> None:
@@ -228,14 +238,13 @@ def plugin_softmax(x: torch.Tensor) -> torch.Tensor:
 
 ATTENTION_TORCH_OP_LIBRARY_NAME = "liblevit_attention_torch.so"
 ATTENTION_TRT_PLUGIN_LIBRARY_NAME = "liblevit_attention_trt.so"
-ATTENTION_PLUGIN_IDENTITY_HEADER = REPO_ROOT / "plugins" / "attention" / "attention_plugin_identity.h"
+ATTENTION_IDENTITY_HEADER = "attention_plugin_identity.h"
 ATTENTION_TORCH_OP_NAME = "levit_trt::attention"
 
 
-@lru_cache(maxsize=1)
 def attention_plugin_identity() -> PluginIdentity:
-    """Name, version and namespace from plugins/attention/attention_plugin_identity.h."""
-    return _header_identity(ATTENTION_PLUGIN_IDENTITY_HEADER, "LEVIT_ATTENTION_PLUGIN")
+    """The fused attention plugin's name, version and namespace (its identity header)."""
+    return plugin_identity(ATTENTION_IDENTITY_HEADER)
 
 
 def attention_torch_op_library() -> Path:
@@ -253,7 +262,7 @@ def check_attention_trt_plugin_library(accepted_majors: Collection[int], path: P
     """The attention plugin library's path, after checking it suits this TensorRT and this source tree."""
     library = path if path is not None else attention_trt_plugin_library()
     return _checked_trt_library(library, accepted_majors, "levit_attention", attention_plugin_identity(),
-                                ATTENTION_PLUGIN_IDENTITY_HEADER, runtime)
+                                ATTENTION_IDENTITY_HEADER, runtime)
 
 
 AttentionOp = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor", float], "torch.Tensor"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from levit_trt.backends.base import PRECISIONS
 from levit_trt.backends.registry import backend_class
-from levit_trt.runs import BenchmarkCase, Run, load_run
+from levit_trt.runs import BenchmarkCase, Run, Top1, load_run
 from levit_trt.variants import VARIANTS, resolve_variant
 
 if TYPE_CHECKING:
@@ -114,11 +114,11 @@ def _environment_line(run: Run) -> str:
 
 def report_markdown(
     run: Run,
-    top1: Mapping[tuple[str, str, str], float] | None = None,
+    top1: Mapping[tuple[str, str, str], Top1] | None = None,
     baseline: str | Baseline = DEFAULT_BASELINE,
 ) -> str:
-    """One Markdown table per variant, batch and device: backend, precision, top-1 (when `top1`
-    is given), median latency, and speed-up against `baseline` in the same table."""
+    """One Markdown table per variant, batch and device: backend, precision, top-1 and the number of
+    images it was measured on (when `top1` is given), median latency, and speed-up against `baseline`."""
     base = baseline if isinstance(baseline, Baseline) else Baseline.parse(baseline)
     rows = latency_rows(run)
     if not any(base.matches(row) for row in rows):
@@ -142,7 +142,7 @@ def report_markdown(
         first = group[0]
         reference = next((row.latency_ms for row in group if base.matches(row)), None)
         single_call = any(row.single_call_ms is not None for row in group)
-        header = ["backend", "precision", *(["top-1 (%)"] if top1 is not None else []), "latency (ms)",
+        header = ["backend", "precision", *(["top-1 (%)", "top-1 images"] if top1 is not None else []), "latency (ms)",
                   *(["single call (ms)"] if single_call else []), f"speed-up vs {base}"]
         lines += ["", f"## {resolve_variant(first.variant).display}, batch {first.batch}, {first.device}", "",
                   "| " + " | ".join(header) + " |",
@@ -151,7 +151,8 @@ def report_markdown(
             cells = [row.label, row.precision]
             if top1 is not None:
                 known = top1.get((row.variant, row.backend, row.precision))
-                cells.append("–" if known is None else f"{known:.2f}")
+                cells.append("–" if known is None else f"{known.top1:.2f}")
+                cells.append("–" if known is None or known.images is None else f"{known.images:,}")
             cells.append(_ms(row.latency_ms))
             if single_call:
                 cells.append("–" if row.single_call_ms is None else _ms(row.single_call_ms))
@@ -201,6 +202,29 @@ def save_plot(rows: Sequence[LatencyRow], path: Path | str) -> Path:
     return path
 
 
+class MachineMismatchError(ValueError):
+    """Two runs from different machines or software, compared without saying that is meant."""
+
+
+@dataclass(frozen=True)
+class MachineDifference:
+    """One machine field (levit_trt.runs.Run.machine_fields) that two runs disagree on."""
+
+    field: str
+    old: str
+    new: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.old!r} -> {self.new!r}"
+
+
+def machine_differences(old: Run, new: Run) -> tuple[MachineDifference, ...]:
+    """Fields both runs record and that differ (a field one run lacks, as older runs do, is not compared)."""
+    new_fields = new.machine_fields()
+    return tuple(MachineDifference(name, old_value, new_value) for name, old_value in old.machine_fields().items()
+                 if old_value is not None and (new_value := new_fields[name]) is not None and old_value != new_value)
+
+
 @dataclass(frozen=True)
 class CaseChange:
     """One case in both runs: its median per call before and after."""
@@ -225,6 +249,14 @@ class Comparison:
     only_old: tuple[str, ...]
     only_new: tuple[str, ...]
     fail_above_pct: float | None = None
+    machine_differences: tuple[MachineDifference, ...] = ()  # non-empty only when allowed explicitly
+
+    def machine_warning(self) -> str | None:
+        """The loud line a comparison of unlike machines carries, or None."""
+        if not self.machine_differences:
+            return None
+        return ("WARNING: these runs come from different machines or software, so new/old is not a code change: "
+                + "; ".join(map(str, self.machine_differences)))
 
     def is_regression(self, change: CaseChange) -> bool:
         return self.fail_above_pct is not None and change.ratio > 1 + self.fail_above_pct / 100
@@ -234,7 +266,8 @@ class Comparison:
         return tuple(change for change in self.changes if self.is_regression(change))
 
     def to_markdown(self) -> str:
-        lines = [f"# {self.old.path.name} → {self.new.path.name}", "",
+        warning = self.machine_warning()
+        lines = [f"# {self.old.path.name} → {self.new.path.name}", "", *([f"**{warning}**", ""] if warning else []),
                  f"old: {_environment_line(self.old)}", f"new: {_environment_line(self.new)}", "",
                  "| case | metric | old (ms) | new (ms) | new/old | |", "|---|---|--:|--:|--:|---|"]
         for change in self.changes:
@@ -257,12 +290,24 @@ def _change(old: BenchmarkCase, new: BenchmarkCase) -> CaseChange:
     return CaseChange(new.id, old.wall_median_ms, new.wall_median_ms, "wall median")
 
 
-def compare(old: Run | Path | str, new: Run | Path | str, fail_above_pct: float | None = None) -> Comparison:
-    """Match the cases of two runs by id and take new/old of each median (GPU time where both have it)."""
+def compare(old: Run | Path | str, new: Run | Path | str, fail_above_pct: float | None = None,
+            allow_different_machines: bool = False) -> Comparison:
+    """Match the cases of two runs by id and take new/old of each median (GPU time where both have it).
+
+    Runs whose machine fields differ (device, GPU, CPU, driver, CUDA, torch/TensorRT/ONNX Runtime)
+    raise MachineMismatchError naming them, unless `allow_different_machines`; then the comparison
+    carries a warning.
+    """
     if fail_above_pct is not None and fail_above_pct < 0:
         raise ValueError(f"--fail-above must be a percentage >= 0, got {fail_above_pct}")
     old_run = old if isinstance(old, Run) else load_run(old)
     new_run = new if isinstance(new, Run) else load_run(new)
+    differences = machine_differences(old_run, new_run)
+    if differences and not allow_different_machines:
+        raise MachineMismatchError(
+            f"{old_run.path} and {new_run.path} come from different machines or software ("
+            + "; ".join(map(str, differences)) + "), so their ratios would not measure a code change; "
+            "compare runs of one machine, or pass --allow-different-machines to compare them anyway")
     old_cases = {case.key: case for case in old_run.cases}
     new_cases = {case.key: case for case in new_run.cases}
     common = [key for key in new_cases if key in old_cases]
@@ -274,5 +319,5 @@ def compare(old: Run | Path | str, new: Run | Path | str, fail_above_pct: float 
         old_run, new_run, tuple(_change(old_cases[key], new_cases[key]) for key in common),
         tuple(case.id for key, case in old_cases.items() if key not in new_cases),
         tuple(case.id for key, case in new_cases.items() if key not in old_cases),
-        fail_above_pct,
+        fail_above_pct, differences,
     )

@@ -14,6 +14,8 @@ from typing import Any
 
 from levit_trt.variants import resolve_variant
 
+# Libraries whose version changes the measured time; `compare` refuses runs that differ in them.
+MACHINE_VERSIONS = ("torch", "tensorrt", "onnxruntime")
 SAVE_A_RUN = "`pytest benchmarks --benchmark-json RUN.json` (or --benchmark-autosave)"
 
 
@@ -58,6 +60,24 @@ class Run:
     def environment(self) -> Mapping[str, Any]:
         """levit_trt.environment.machine_info() as the conftest hook saved it ({} for older runs)."""
         return self.machine.get("levit_trt") or {}
+
+    def machine_fields(self) -> dict[str, str | None]:
+        """What must match for two runs' times to be comparable: the devices the cases ran on, the
+        hardware and the software that does the work; None where the run does not say."""
+        env = self.environment
+        versions = env.get("versions") or {}
+        devices = sorted({str(case.extra_info["device"]).split(":")[0] for case in self.cases
+                          if "device" in case.extra_info})
+        fields = {
+            "device": ",".join(devices) or None,
+            "gpu": env.get("gpu"),
+            "gpu_compute_capability": env.get("gpu_compute_capability"),
+            "driver": env.get("driver"),
+            "cuda": env.get("torch_cuda"),
+            "cpu": env.get("cpu") or (self.machine.get("cpu") or {}).get("brand_raw"),
+            **{name: versions.get(name) for name in MACHINE_VERSIONS},
+        }
+        return {name: None if value is None else str(value) for name, value in fields.items()}
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -108,14 +128,23 @@ def load_accuracy_document(path: Path | str) -> dict[str, Any]:
     return document
 
 
-def load_top1(path: Path | str) -> dict[tuple[str, str, str], float]:
-    """Top-1 (%) by (variant name, backend, precision) from an accuracy file; a later result for the
+@dataclass(frozen=True)
+class Top1:
+    """A top-1 (%) from an accuracy file and how many images it was measured on (None if the file does not say)."""
+
+    top1: float
+    images: int | None
+
+
+def load_top1(path: Path | str) -> dict[tuple[str, str, str], Top1]:
+    """Top-1 by (variant name, backend, precision) from an accuracy file; a later result for the
     same key replaces an earlier one."""
     top1 = {}
     for index, result in enumerate(load_accuracy_document(path)["results"]):
         try:
             key = (resolve_variant(result["variant"]).name, str(result["backend"]), str(result["precision"]))
-            top1[key] = float(result["top1"])
+            images = result.get("images")
+            top1[key] = Top1(float(result["top1"]), None if images is None else int(images))
         except (KeyError, TypeError, ValueError) as error:
             raise RunFileError(f"{path}: result #{index} lacks a valid variant/backend/precision/top1 ({error})") from error
     return top1

@@ -8,6 +8,7 @@ loading a file never runs code from it.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -112,8 +113,28 @@ def create_model(variant: Variant, weights: WeightsSpec) -> nn.Module:
     return model.eval()
 
 
+ACCEPTED_CHECKPOINTS = (
+    "a state dict of tensors saved with torch.save (.pth/.pt; the original facebookresearch/LeViT release's "
+    "{'model': ...} too) or a .safetensors file"
+)
+
+
+def _unreadable_reason(error: Exception) -> str:
+    """Why torch or safetensors could not read a file, without torch's advice to unpickle it (we never do)."""
+    text = str(error)
+    unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsupported:
+        return (f"it pickles a Python object ({unsupported.group(1)}) besides tensors, and levit_trt never unpickles "
+                "objects; save model.state_dict() instead")
+    first_sentence = text.strip().split(". ")[0].splitlines()[0] if text.strip() else ""
+    if not first_sentence or "weights only" in first_sentence.lower() or "weights_only" in first_sentence:
+        return f"{type(error).__name__}: not a torch.save file, or a damaged one"
+    return f"{type(error).__name__}: {first_sentence}"
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a state dict from .safetensors or a torch file, converting the original release's keys."""
+    state: object  # whatever the file holds, until checked below
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -122,7 +143,8 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise WeightsError(f"cannot read weights file {path}: {error}") from error
+        raise WeightsError(f"weights file {path} is not a readable checkpoint ({_unreadable_reason(error)}); "
+                           f"accepted: {ACCEPTED_CHECKPOINTS}") from error
     if isinstance(state, dict):
         for wrapper in ("model", "state_dict", "model_ema"):
             if wrapper in state and isinstance(state[wrapper], dict):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from levit_trt.environment import project_commit
 from levit_trt.report import compare, latency_rows, report_markdown
 from levit_trt.runs import Run, load_run
 
@@ -56,6 +57,8 @@ def test_saved_run_carries_machine_and_case_information(saved) -> None:
     run: Run = load_run(saved[1])
     assert run.environment["versions"]["torch"] and run.environment["cpu"]
     assert "gpu" in run.environment  # None here; the GPU's name on a GPU machine
+    # pytest-benchmark's commit_info is replaced by the commit of the levit_trt checkout (or "unknown").
+    assert run.commit["id"] == run.environment["commit"]["id"] == project_commit()["id"]
     case = next(c for c in run.cases if c.id == "levit_128s-onnxruntime-fp32-bs2")
     assert {k: case.extra_info[k] for k in ("variant", "backend", "precision", "batch", "device", "cuda_graphs")} == {
         "variant": "levit_128s", "backend": "onnxruntime", "precision": "fp32", "batch": 2, "device": "cpu",
@@ -92,3 +95,19 @@ def test_pytest_benchmark_compare_still_reads_it(saved) -> None:
 def test_unknown_variant_or_backend_is_a_usage_error(option: list[str], message: str) -> None:
     result = run_pytest("benchmarks", "--collect-only", "-q", *option)
     assert result.returncode == 4 and message in result.stderr, result.stderr[-3000:]
+
+
+def test_a_run_ends_with_its_skip_reasons_grouped(tmp_path: Path) -> None:
+    """Without -rs, the skips of a run are summed up by reason at its end, with how to tabulate the saved run."""
+    saved = tmp_path / "out.json"
+    result = run_pytest("benchmarks/test_softmax.py", "--device", "cpu", "--benchmark-json", str(saved))
+    lines = result.stdout.splitlines()
+    (header,) = [index for index, line in enumerate(lines) if "skipped, by reason (-rs lists each)" in line]
+    count = int(lines[header].strip("= ").split()[0])
+    assert count > 0 and f"{count} skipped" in lines[-1], result.stdout[-3000:]
+    first_reason = next(line for line in lines[header + 1:] if line.strip())
+    assert first_reason.split(maxsplit=1) == [
+        str(count), "softmax benchmarks run on a CUDA device (--device cpu, or torch.cuda.is_available() is False)"]
+    assert f"latency tables of this run: levit-trt report {saved}" in result.stdout
+    listed = run_pytest("benchmarks/test_softmax.py", "--device", "cpu", "-rs")
+    assert "by reason" not in listed.stdout and "SKIPPED" in listed.stdout  # -rs lists them; no second summary

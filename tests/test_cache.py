@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from levit_trt.cache import CacheError, atomic_output, atomic_outputs, cache_key, cached_build, ensure_cache_dir
+from levit_trt.cache import (
+    CacheError,
+    atomic_output,
+    atomic_outputs,
+    cache_key,
+    cached_build,
+    ensure_cache_dir,
+    remove_stale_temporaries,
+)
 
 
 def test_key_changes_with_any_field_and_ignores_order() -> None:
@@ -129,3 +142,82 @@ def test_atomic_outputs_replace_all_or_none(tmp_path: Path) -> None:
         tmp_a.write_text("a3")
         tmp_c.write_text("c3")
     assert first.read_text() == "a1" and sorted(os.listdir(tmp_path)) == ["a.bin", "b.bin", "c.bin"]
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited (the kernel does not hand it out again this soon)."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    return int(child.stdout)
+
+
+def test_a_killed_writer_leaves_litter_that_the_next_write_removes(tmp_path: Path) -> None:
+    """SIGKILL in the middle of an output write and of a cache build, as a killed `levit-trt export` is."""
+    out = tmp_path / "out" / "levit.onnx"
+    killed = (
+        "import os, signal, sys; from pathlib import Path; from levit_trt.cache import atomic_output, cached_build\n"
+        "def build(directory):\n"
+        "    (directory / 'model.onnx').write_bytes(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "with atomic_output(Path(sys.argv[1])):\n"
+        "    cached_build(Path(sys.argv[2]), 'onnx', {'x': 1}, build)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", killed, str(out), str(tmp_path / "cache")], check=False,
+                            cwd=Path(__file__).parents[1])
+    assert result.returncode == -signal.SIGKILL
+    (left_output,) = out.parent.glob(".levit.onnx.tmp-*")
+    (left_entry,) = (tmp_path / "cache" / "onnx").glob("*.tmp-*")
+    assert left_output.stat().st_size == 0 and (left_entry / "model.onnx").is_file()
+
+    cached_build(tmp_path / "cache", "onnx", {"x": 1}, lambda d: (d / "model.onnx").write_bytes(b"whole"))
+    assert not left_entry.exists()
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(b"whole")
+    assert not left_output.exists() and os.listdir(out.parent) == ["levit.onnx"]
+
+
+def test_only_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path: Path) -> None:
+    out, host = tmp_path / "a.onnx", socket.gethostname()
+    dead = _dead_pid()
+    stale = [tmp_path / f".a.onnx.tmp-{dead}@{host}+abc_12", tmp_path / f".a.onnx.tmp-{dead}@{host}+abc_12.old"]
+    kept = [
+        tmp_path / f".a.onnx.tmp-{os.getpid()}@{host}+live01",  # a writer that is still running
+        tmp_path / f".a.onnx.tmp-{dead}@{host}.other-domain+x1",  # same PID, another host: cannot tell
+        tmp_path / ".a.onnx.tmp-k2j4h5",  # no owner in the name (written before owners were recorded)
+        tmp_path / f".b.onnx.tmp-{dead}@{host}+abc_12",  # another output's
+    ]
+    for path in stale + kept:
+        path.write_bytes(b"")
+    assert sorted(remove_stale_temporaries(out)) == sorted(stale)
+    assert all(path.exists() for path in kept) and not any(path.exists() for path in stale)
+    with atomic_output(out) as tmp:
+        assert tmp.name.startswith(f".a.onnx.tmp-{os.getpid()}@{host}+")  # its own owner is in its name
+        tmp.write_text("new")
+    assert sorted(os.listdir(tmp_path)) == sorted(["a.onnx", *(path.name for path in kept)])
+
+
+def test_a_running_build_keeps_its_temporary(tmp_path: Path) -> None:
+    """A second builder of the same entry waits for the lock; it never removes the first one's directory."""
+    started, release = threading.Event(), threading.Event()
+    temporaries: list[Path] = []
+
+    def slow_build(directory: Path) -> None:
+        temporaries.append(directory)
+        started.set()
+        release.wait(10)
+        (directory / "artifact").write_text("first")
+
+    first = threading.Thread(target=cached_build, args=(tmp_path, "kind", {"x": 1}, slow_build))
+    first.start()
+    started.wait(10)
+    second_result: list[Path] = []
+    second = threading.Thread(target=lambda: second_result.append(
+        cached_build(tmp_path, "kind", {"x": 1}, lambda d: (d / "artifact").write_text("second"))))
+    second.start()
+    other = cached_build(tmp_path, "kind", {"x": 2}, lambda d: (d / "artifact").write_text("other"))  # another key
+    time.sleep(0.2)
+    assert temporaries[0].is_dir() and other.is_dir()
+    release.set()
+    first.join(10)
+    second.join(10)
+    assert (second_result[0] / "artifact").read_text() == "first"

@@ -3,17 +3,21 @@
 The new fixture differs from the old one in known ways (tests/data/run_h100_new.json): torch fp32
 bs1 8.0 -> 7.2 ms, TensorRT fp16 bs1 0.5 -> 0.6 ms, TensorRT fp16 bs16 1.5 -> 1.62 ms, the plugin
 softmax 6.2 -> 9.3 us; LeViT-384 TensorRT only in old, ONNX Runtime bs1 only in new.
+The runs are made up but complete pytest-benchmark files: the stats besides min, max, mean, stddev and
+median (q1, q3, iqr, ld15iqr, hd15iqr, outliers, ops, total) are derived from those five.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from levit_trt.cli import main
-from levit_trt.report import compare
+from levit_trt.report import MachineMismatchError, compare
 from levit_trt.runs import RunFileError
 
 DATA = Path(__file__).parent / "data"
@@ -94,3 +98,47 @@ def _renamed(tmp_path: Path) -> Path:
     path = tmp_path / "renamed.json"
     path.write_text(json.dumps(document))
     return path
+
+
+CPU_RUN = DATA / "run_cpu.json"
+
+
+def test_unlike_machines_are_refused_naming_the_fields(tmp_path: Path, capsys) -> None:
+    with pytest.raises(MachineMismatchError, match=r"different machines or software \(device: 'cuda' -> 'cpu'; "
+                                                   r"cpu: 'AMD EPYC 9454 48-Core Processor' -> 'Intel\(R\) Xeon\(R\) "
+                                                   r"Processor'\).*--allow-different-machines"):
+        compare(NEW, CPU_RUN)
+    document = json.loads(NEW.read_text())
+    document["machine_info"]["levit_trt"]["versions"]["tensorrt"] = "10.13.0"
+    document["machine_info"]["levit_trt"]["gpu"] = "NVIDIA H200"
+    upgraded = tmp_path / "upgraded.json"
+    upgraded.write_text(json.dumps(document))
+    with pytest.raises(MachineMismatchError, match=r"gpu: 'NVIDIA H100 80GB HBM3' -> 'NVIDIA H200'; "
+                                                   r"tensorrt: '10.7.0' -> '10.13.0'\)"):
+        compare(OLD, upgraded)
+    assert main(["compare", str(OLD), str(upgraded)]) == 2
+    captured = capsys.readouterr()
+    assert "levit-trt compare: error:" in captured.err and "tensorrt: '10.7.0' -> '10.13.0'" in captured.err
+    assert captured.out == ""  # no table of meaningless ratios
+
+
+def test_unlike_machines_compared_on_request_with_a_loud_warning(capsys) -> None:
+    comparison = compare(NEW, CPU_RUN, allow_different_machines=True)
+    assert [d.field for d in comparison.machine_differences] == ["device", "cpu"]
+    assert "**WARNING: these runs come from different machines or software" in comparison.to_markdown()
+    assert main(["compare", str(NEW), str(CPU_RUN), "--allow-different-machines"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING: these runs come from different machines" in captured.err
+    assert "device: 'cuda' -> 'cpu'" in captured.err
+    assert compare(OLD, NEW).machine_warning() is None  # the same machine: no warning
+
+
+def test_the_saved_runs_here_are_complete_pytest_benchmark_files() -> None:
+    """pytest-benchmark's own `compare` reads tests/data's runs (it needs every stats field, iqr included)."""
+    runs = [DATA / "run_h100_old.json", DATA / "run_h100_new.json", CPU_RUN]
+    result = subprocess.run([sys.executable, "-c", "from pytest_benchmark.cli import main; main()", "compare",
+                             *(run.name for run in runs), "--columns", "min,median,iqr,ops"], capture_output=True,
+                            text=True, cwd=DATA, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for run in runs:
+        assert f"test_latency[levit_128s-torch-fp32-bs1] ({run.stem})" in result.stdout

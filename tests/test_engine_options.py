@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from levit_trt import plugins
 from levit_trt.cache import cache_key
 from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
 from levit_trt.tensorrt.options import (
@@ -28,7 +26,6 @@ from levit_trt.tensorrt.options import (
     tensorrt_major,
 )
 
-HEADERS_ROOT = Path(os.environ.get("LEVIT_TRT_HEADERS_DIR", plugins.REPO_ROOT.parent / "shared" / "tensorrt-headers"))
 HEADER_VERSIONS = {10: "10.13", 11: "11.1"}
 GPU = GpuIdentity("NVIDIA H100 80GB HBM3", "9.0")
 
@@ -109,20 +106,18 @@ def test_build_plans(options: EngineOptions, major: int, expected: tuple[Any, ..
     assert plan.input_precision == ("fp16" if plan.onnx_form == "fp16" else "fp32")
 
 
-def builder_flags_in_header(version: str) -> set[str]:
+def builder_flags_in_header(headers: Path) -> set[str]:
     """BuilderFlag members declared in a TensorRT NvInfer.h, without the k prefix (the Python names)."""
-    header = HEADERS_ROOT / version / "NvInfer.h"
-    if not header.is_file():
-        pytest.skip(f"TensorRT headers not found at {header} (set LEVIT_TRT_HEADERS_DIR)")
+    header = headers / "NvInfer.h"
     body = re.search(r"enum class BuilderFlag : int32_t\s*\{(.*?)\};", header.read_text(), re.DOTALL)
     assert body is not None, f"no BuilderFlag enum in {header}"
     return {name for name in re.findall(r"^\s*k([A-Z0-9_]+)\b", body.group(1), re.MULTILINE)}
 
 
 @pytest.mark.parametrize("major", sorted(HEADER_VERSIONS))
-def test_every_planned_flag_exists_in_that_tensorrt(major: int) -> None:
+def test_every_planned_flag_exists_in_that_tensorrt(major: int, tensorrt_headers) -> None:
     """The flags a plan sets are real BuilderFlag members of that major version's headers."""
-    declared = builder_flags_in_header(HEADER_VERSIONS[major])
+    declared = builder_flags_in_header(tensorrt_headers(HEADER_VERSIONS[major]))
     assert "TF32" in declared
     planned = {flag for options, plan_major, _ in PLANS if plan_major == major
                for flag in plan_build(options, major).builder_flags}

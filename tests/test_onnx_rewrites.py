@@ -15,7 +15,7 @@ from levit_trt.onnx_rewrites import PLUGIN_DOMAIN, replace_softmax_with_plugin
 
 def expected_identity() -> tuple[str, str, str]:
     """The plugin's name/version/namespace read straight from the C++ header (not via levit_trt)."""
-    text = plugins.PLUGIN_IDENTITY_HEADER.read_text()
+    text = (plugins.PLUGIN_IDENTITY_DIR / plugins.SOFTMAX_IDENTITY_HEADER).read_text()
     found = dict(re.findall(r'#define LEVIT_SOFTMAX_PLUGIN_(NAME|VERSION|NAMESPACE) "([^"]*)"', text))
     return found["NAME"], found["VERSION"], found["NAMESPACE"]
 

@@ -1,9 +1,10 @@
 """CMake builds the plugin libraries (softmax and fused attention) with nvcc (compile and link only; no GPU needed).
 
-The TensorRT plugins are built against each TensorRT header set in ../shared/tensorrt-headers
-(or $LEVIT_TRT_HEADERS_DIR) for one CUDA architecture, without libnvinfer; the PyTorch op against
-the torch this interpreter imports. Skipped, with the reason, where cmake, nvcc, the headers or a
-CUDA build of torch are missing.
+The TensorRT plugins are built against each TensorRT header set in $LEVIT_TRT_HEADERS_DIR (default
+../shared/tensorrt-headers; the `tensorrt_headers` fixture) for one CUDA architecture, without
+libnvinfer; the PyTorch ops against the torch this interpreter imports; and the README's own command
+with CMake's default generator. Skipped, with the reason, where cmake, nvcc, the headers or a CUDA
+build of torch are missing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import pytest
 from levit_trt import plugins
 
 REPO_ROOT = plugins.REPO_ROOT
-HEADERS_ROOT = Path(os.environ.get("LEVIT_TRT_HEADERS_DIR", REPO_ROOT.parent / "shared" / "tensorrt-headers"))
 TRT_HEADER_VERSIONS = ("10.13", "11.1")
 CUDA_ARCH = "80"  # one architecture keeps the compile short
 
@@ -74,11 +74,9 @@ def header_major(headers: Path) -> int:
 
 
 @pytest.mark.parametrize("version", TRT_HEADER_VERSIONS)
-def test_trt_plugin_builds_against_headers(tmp_path, version):
+def test_trt_plugin_builds_against_headers(tmp_path, version, tensorrt_headers):
     nvcc = require_toolchain()
-    headers = HEADERS_ROOT / version
-    if not (headers / "NvInfer.h").is_file():
-        pytest.skip(f"TensorRT {version} headers not found at {headers}")
+    headers = tensorrt_headers(version)
 
     cmake_build(tmp_path, nvcc, f"-DTENSORRT_INCLUDE_DIR={headers}", "-DLEVIT_BUILD_TORCH_OP=OFF")
     assert not (tmp_path / plugins.TORCH_OP_LIBRARY_NAME).exists()
@@ -136,6 +134,37 @@ def test_torch_op_builds_and_registers(tmp_path):
                                                        "(8, 6, 196, 196) torch.float16 meta"]
 
 
+README_BUILD_COMMAND = "cmake -S . -B build && cmake --build build -j"
+# What the build reads from the source tree; the test builds a copy so the checkout's build/ stays untouched.
+BUILD_SOURCES = ("CMakeLists.txt", "plugins", "levit_trt/plugin_identities")
+
+
+def test_readme_build_command_works_with_default_generator(tmp_path):
+    """The README's command, as written, with CMake's default generator (Makefiles): CMake 3.25 once
+    stopped at generate there with "requires the language dialect CUDA20", while Ninja built."""
+    nvcc = require_toolchain()
+    torch = pytest.importorskip("torch")
+    if torch.version.cuda is None:
+        pytest.skip(f"torch {torch.__version__} is a CPU-only build (no CUDA headers)")
+    assert README_BUILD_COMMAND in (REPO_ROOT / "README.md").read_text(), "the README no longer says how to build"
+    source = tmp_path / "levit_trt_copy"
+    source.mkdir()
+    for name in BUILD_SOURCES:
+        copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy2
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        copy(REPO_ROOT / name, source / name)  # type: ignore[operator]
+    env = {name: value for name, value in os.environ.items() if name not in ("CMAKE_GENERATOR", "CUDACXX")}
+    # The command as written finds nvcc and python3 on PATH; CUDAARCHS (read by CMake itself) keeps it to one
+    # architecture so the test stays short.
+    env.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), str(Path(nvcc).parent), env.get("PATH", "")]),
+               CUDAARCHS=CUDA_ARCH)
+    result = subprocess.run(["bash", "-c", README_BUILD_COMMAND], cwd=source, env=env, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, f"{README_BUILD_COMMAND} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert (source / "build" / "Makefile").is_file(), "not built with the default (Makefiles) generator"
+    assert (source / "build" / plugins.TORCH_OP_LIBRARY_NAME).is_file()
+
+
 def test_missing_library_error_says_how_to_build(tmp_path, monkeypatch):
     monkeypatch.setenv(plugins.PLUGIN_DIR_ENV, str(tmp_path))
     for find in (plugins.trt_plugin_library, plugins.torch_op_library, plugins.attention_trt_plugin_library,
@@ -143,3 +172,14 @@ def test_missing_library_error_says_how_to_build(tmp_path, monkeypatch):
         with pytest.raises(plugins.PluginNotBuiltError, match=r"cmake -S \. -B build") as error:
             find()
         assert str(tmp_path) in str(error.value)
+
+
+def test_missing_headers_skip_says_how_to_set_the_directory(tmp_path):
+    env = {**os.environ, "LEVIT_TRT_HEADERS_DIR": str(tmp_path / "nowhere")}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", "0",
+                             "tests/test_engine_options.py", "-k", "planned_flag"],
+                            capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300, check=False)
+    assert result.returncode == 0 and "2 skipped" in result.stdout, result.stdout[-3000:]
+    assert (f"no {tmp_path / 'nowhere' / '11.1' / 'NvInfer.h'} (from $LEVIT_TRT_HEADERS_DIR); "
+            "set LEVIT_TRT_HEADERS_DIR=DIR where DIR/11.1/NvInfer.h is TensorRT 11.1's include/NvInfer.h") in " ".join(
+                result.stdout.split())

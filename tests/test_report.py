@@ -35,26 +35,26 @@ variant, batch and device.
 
 ## LeViT-128S, batch 1, cuda
 
-| backend | precision | top-1 (%) | latency (ms) | single call (ms) | speed-up vs torch fp32 |
-|---|---|--:|--:|--:|--:|
-| torch | fp32 | 76.53 | 8.00 | 8.40 | 1.00× |
-| torch | fp16 | – | 10.00 | 10.40 | 0.80× |
-| tensorrt | fp16 | 76.50 | 0.500 | 0.700 | 16.00× |
+| backend | precision | top-1 (%) | top-1 images | latency (ms) | single call (ms) | speed-up vs torch fp32 |
+|---|---|--:|--:|--:|--:|--:|
+| torch | fp32 | 76.53 | 50,000 | 8.00 | 8.40 | 1.00× |
+| torch | fp16 | – | – | 10.00 | 10.40 | 0.80× |
+| tensorrt | fp16 | 76.50 | 50,000 | 0.500 | 0.700 | 16.00× |
 
 ## LeViT-128S, batch 16, cuda
 
-| backend | precision | top-1 (%) | latency (ms) | single call (ms) | speed-up vs torch fp32 |
-|---|---|--:|--:|--:|--:|
-| torch | fp32 | 76.53 | 9.00 | 9.30 | 1.00× |
-| torch-cudagraph | fp16 | – | 1.20 | 1.40 | 7.50× |
-| tensorrt | fp16 | 76.50 | 1.50 | 1.70 | 6.00× |
+| backend | precision | top-1 (%) | top-1 images | latency (ms) | single call (ms) | speed-up vs torch fp32 |
+|---|---|--:|--:|--:|--:|--:|
+| torch | fp32 | 76.53 | 50,000 | 9.00 | 9.30 | 1.00× |
+| torch-cudagraph | fp16 | – | – | 1.20 | 1.40 | 7.50× |
+| tensorrt | fp16 | 76.50 | 50,000 | 1.50 | 1.70 | 6.00× |
 
 ## LeViT-384, batch 16, cuda
 
-| backend | precision | top-1 (%) | latency (ms) | single call (ms) | speed-up vs torch fp32 |
-|---|---|--:|--:|--:|--:|
-| torch | fp32 | 82.59 | 8.60 | 8.90 | 1.00× |
-| tensorrt | fp16 | – | 1.72 | 1.90 | 5.00× |
+| backend | precision | top-1 (%) | top-1 images | latency (ms) | single call (ms) | speed-up vs torch fp32 |
+|---|---|--:|--:|--:|--:|--:|
+| torch | fp32 | 82.59 | 5,000 | 8.60 | 8.90 | 1.00× |
+| tensorrt | fp16 | – | – | 1.72 | 1.90 | 5.00× |
 
 (1 other benchmark (e.g. softmax) not tabulated here; `levit-trt compare` and `pytest-benchmark compare` show \
 every case.)
@@ -161,6 +161,15 @@ def test_files_that_are_not_runs_are_named_with_what_to_do(tmp_path: Path) -> No
         load_run(_write(tmp_path, "empty.json", '{"benchmarks": []}'))
     with pytest.raises(FileNotFoundError, match="pytest-benchmark run .*missing.json does not exist"):
         load_run(tmp_path / "missing.json")
+
+
+def test_top1_says_how_many_images_it_came_from(tmp_path: Path) -> None:
+    top1 = load_top1(ACCURACY)
+    assert (top1[("levit_384", "torch", "fp32")].images, top1[("levit_128s", "torch", "fp32")].images) == (5000, 50000)
+    unsized = _write(tmp_path, "acc.json", '{"results": [{"variant": "128S", "backend": "torch", "precision": "fp32", '
+                                           '"top1": 76.5}]}')  # an older file without the image count
+    report = report_markdown(load_run(GPU_RUN), load_top1(unsized))
+    assert "| torch | fp32 | 76.50 | – | 8.00 |" in report
 
 
 def test_accuracy_files_are_checked(tmp_path: Path) -> None:

@@ -35,6 +35,14 @@ def test_published_numbers_match_the_paper() -> None:
     assert {n: (v.published_top1, v.flops_m) for n, v in VARIANTS.items()} == expected
 
 
+def test_reference_numbers_are_timms_measurement_of_the_weights_loaded() -> None:
+    # huggingface/pytorch-image-models results/results-imagenet.csv, rows levit_<size>.fb_dist_in1k: top1, top5.
+    expected = {"levit_128s": (76.520, 92.870), "levit_128": (78.486, 93.998), "levit_192": (79.858, 94.808),
+                "levit_256": (81.506, 95.466), "levit_384": (82.600, 96.020)}
+    assert {n: (v.reference_top1, v.reference_top5) for n, v in VARIANTS.items()} == expected
+    assert all(v.pretrained_tag == "fb_dist_in1k" for v in VARIANTS.values())  # the weights those rows measured
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_table_matches_timm_architecture(name: str) -> None:
     import timm

@@ -109,11 +109,22 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path: Path, timm_st
 def test_corrupt_file_and_pickled_objects_are_refused(tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(WeightsError, match="cannot read weights file .*corrupt.pth"):
-        read_checkpoint(corrupt)
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"w": torch.zeros(8)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    for path in (corrupt, truncated, damaged):
+        with pytest.raises(WeightsError) as error:
+            read_checkpoint(path)
+        message = str(error.value)
+        assert f"weights file {path} is not a readable checkpoint" in message
+        assert "accepted: a state dict of tensors saved with torch.save" in message and ".safetensors" in message
+        assert "weights_only" not in message  # torch's advice to unpickle the file is not ours to give
     pickled = tmp_path / "pickled.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "args": Path("/etc")}, pickled)  # arbitrary object
-    with pytest.raises(WeightsError, match="cannot read weights file"):
+    with pytest.raises(WeightsError, match=r"pickled.pth is not a readable checkpoint \(it pickles a Python object "
+                                           r"\(pathlib.PosixPath\) besides tensors.*save model.state_dict\(\)"):
         read_checkpoint(pickled)
 
 
