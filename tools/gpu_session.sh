@@ -1,33 +1,43 @@
 #!/usr/bin/env bash
-# Everything GPU-side in one command: build the plugin op, run the GPU tests, check the kernel with
-# compute-sanitizer, measure the softmax kernel, and run the latency matrix.
+# Everything GPU-side in one command: build the plugin ops, run the GPU tests, check both kernels
+# with compute-sanitizer, measure the softmax and fused attention kernels, profile a forward, time
+# every attention form end to end, and run the latency matrix.
 #
-#   tools/gpu_session.sh [STAGE ...]      stages: build tests sanitizer softmax matrix (default: all)
+#   tools/gpu_session.sh [STAGE ...]
+#     stages: build tests sanitizer softmax attention profile end-to-end matrix
+#     (default: build tests sanitizer attention profile end-to-end)
 #
 # Run from the repository root on a CUDA machine with torch, timm, onnx and onnxruntime installed
 # (the project itself need not be pip-installed: the repository root goes on PYTHONPATH).
-# Results go to $OUT (default ./gpu-results): gpu.log (everything printed), softmax.json,
-# latency.json (pytest-benchmark), latency.md (levit-trt report of it).
-# TEST_ARGS: pytest arguments of the tests stage (default "-m gpu -n 4": the GPU tests, in xdist
-# workers so that a test that crashes its process fails alone). Matrix selection: MATRIX_VARIANTS
-# (default 384), MATRIX_BACKENDS (default auto: every CUDA backend available), MATRIX_PRECISIONS
-# (fp32,fp16), MATRIX_BATCHES (1,16,64), MATRIX_ARGS (more pytest arguments, e.g. --cuda-graphs).
+# Results go to $OUT (default ./gpu-results): gpu.log (everything printed) and, since the device
+# tool brings back only a few files, session.tar.gz holding every JSON and table the stages wrote
+# (softmax.json, attention.json, profile-*.json/.txt, end_to_end.json, latency.json/.md).
+# STAGE_TIMEOUT (seconds, default 300) caps each stage.
+# TEST_ARGS: pytest arguments of the tests stage (default "-m gpu -n 8": the GPU tests, in xdist
+# workers so that a test that crashes its process fails alone). PROFILE_VARIANT (384),
+# PROFILE_BACKENDS (torch,torch-sdpa,torch-plugin), PROFILE_BATCH (16). E2E_VARIANTS (all),
+# E2E_BATCHES (16), E2E_ARGS (more tools/end_to_end_interleaved.py arguments, e.g. --no-compile).
+# Matrix selection: MATRIX_VARIANTS (384), MATRIX_BACKENDS (auto: every CUDA backend available),
+# MATRIX_PRECISIONS (fp32,fp16), MATRIX_BATCHES (1,16,64), MATRIX_ARGS (e.g. --cuda-graphs).
 set -uo pipefail
 
-OUT=${OUT:-$PWD/gpu-results}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+top=${OUT:-$PWD/gpu-results}
+RESULTS=$top/session
+mkdir -p "$RESULTS"
+# The check tools write their JSON to $OUT: point it at the folder that is packed at the end.
+export OUT=$RESULTS PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 export LEVIT_TRT_CACHE=${LEVIT_TRT_CACHE:-$PWD/build/cache}
-stages=${*:-build tests sanitizer softmax matrix}
+stages=${*:-build tests sanitizer attention profile end-to-end}
+limit=${STAGE_TIMEOUT:-300}
 failed=()
-exec > >(tee -a "$OUT/gpu.log") 2>&1
+exec > >(tee -a "$top/gpu.log") 2>&1
 
 run_stage() {
     local name=$1
     shift
     echo "=== $name: $* ($(date -u +%H:%M:%S))"
     local started=$SECONDS
-    if "$@"; then
+    if timeout "$limit" "$@"; then
         echo "=== $name: ok in $((SECONDS - started)) s"
     else
         echo "=== $name: FAILED (exit $?) after $((SECONDS - started)) s"
@@ -41,44 +51,67 @@ build() {
         && cmake --build build -j
 }
 
+profile() {
+    local backend status=0
+    for backend in ${PROFILE_BACKENDS:-torch torch-sdpa torch-plugin}; do
+        python3 -m levit_trt.cli profile --variant "${PROFILE_VARIANT:-384}" --weights random --backend "$backend" \
+            --precision fp16 --batch "${PROFILE_BATCH:-16}" --json "$RESULTS/profile-$backend.json" \
+            | tee "$RESULTS/profile-$backend.txt" || status=1
+    done
+    return $status
+}
+
 for stage in $stages; do
     case $stage in
     build)
-        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
         python3 -c "import torch, timm, onnx, onnxruntime; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
 'timm', timm.__version__, 'onnx', onnx.__version__, 'onnxruntime', onnxruntime.__version__)"
         run_stage build build
         ;;
     tests)
-        # xdist workers: a test that crashes its process fails alone instead of ending the stage
         # shellcheck disable=SC2086
-        run_stage tests python3 -m pytest tests -q -rs -p no:cacheprovider ${TEST_ARGS:--m gpu -n 4}
+        run_stage tests python3 -m pytest tests -q -rs -p no:cacheprovider ${TEST_ARGS:--m gpu -n 8}
         ;;
     sanitizer)
         for tool in memcheck racecheck; do
-            run_stage "sanitizer-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+            run_stage "softmax-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
                 python3 tools/softmax_gpu_check.py --correctness-only
+            run_stage "attention-$tool" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+                python3 tools/attention_gpu_check.py --correctness-only
         done
         ;;
     softmax)
         run_stage softmax python3 tools/softmax_gpu_check.py --sweep
+        ;;
+    attention)
+        run_stage attention python3 tools/attention_gpu_check.py
+        ;;
+    profile)
+        run_stage profile profile
+        ;;
+    end-to-end)
+        # shellcheck disable=SC2086
+        run_stage end-to-end python3 tools/end_to_end_interleaved.py --variants "${E2E_VARIANTS:-all}" \
+            --batches "${E2E_BATCHES:-16}" --json "$RESULTS/end_to_end.json" ${E2E_ARGS:-}
         ;;
     matrix)
         # shellcheck disable=SC2086
         run_stage matrix python3 -m pytest benchmarks/test_latency.py -q -rs -p no:cacheprovider \
             --variants "${MATRIX_VARIANTS:-384}" --backends "${MATRIX_BACKENDS:-auto}" \
             --precisions "${MATRIX_PRECISIONS:-fp32,fp16}" --batch-sizes "${MATRIX_BATCHES:-1,16,64}" \
-            --benchmark-json "$OUT/latency.json" --benchmark-columns median,iqr,rounds ${MATRIX_ARGS:-}
-        if [ -f "$OUT/latency.json" ] && python3 -c "import levit_trt.report" 2>/dev/null; then
-            python3 -m levit_trt.cli report "$OUT/latency.json" | tee "$OUT/latency.md"
+            --benchmark-json "$RESULTS/latency.json" --benchmark-columns median,iqr,rounds ${MATRIX_ARGS:-}
+        if [ -f "$RESULTS/latency.json" ]; then
+            python3 -m levit_trt.cli report "$RESULTS/latency.json" | tee "$RESULTS/latency.md"
         fi
         ;;
     *)
-        echo "unknown stage $stage (build tests sanitizer softmax matrix)"
+        echo "unknown stage $stage (build tests sanitizer softmax attention profile end-to-end matrix)"
         failed+=("$stage")
         ;;
     esac
 done
 
+tar -czf "$top/session.tar.gz" -C "$RESULTS" . && rm -rf "$RESULTS"
 echo "=== stages failed: ${failed[*]:-none}"
 [ ${#failed[@]} -eq 0 ]
