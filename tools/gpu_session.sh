@@ -37,7 +37,9 @@ run_stage() {
     shift
     echo "=== $name: $* ($(date -u +%H:%M:%S))"
     local started=$SECONDS
-    if timeout "$limit" "$@"; then
+    local runner=(timeout "$limit")
+    declare -F "$1" >/dev/null && runner=()  # a shell function (build, profile): timeout cannot run it
+    if "${runner[@]}" "$@"; then
         echo "=== $name: ok in $((SECONDS - started)) s"
     else
         echo "=== $name: FAILED (exit $?) after $((SECONDS - started)) s"
