@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from levit_trt import plugins
 from levit_trt.variants import Variant
 from levit_trt.weights import WeightsSpec, create_model
 
@@ -22,10 +23,6 @@ SOFTMAX_IMPLS: tuple[SoftmaxImpl, ...] = ("native", "plugin")
 # sdpa: F.scaled_dot_product_attention with the bias as mask; fused: the `levit_trt::attention` op.
 AttentionImpl = Literal["explicit", "sdpa", "fused"]
 ATTENTION_IMPLS: tuple[AttentionImpl, ...] = ("explicit", "sdpa", "fused")
-# The fused op's signature (levit_trt::attention, see the contract in plugins.py): q [B, Nq, H, Dq],
-# k [B, Nk, H, Dq], v [B, Nk, H, Dv] as the projection split gives them, bias [H, Nq, Nk], scale
-# -> [B, Nq, H * Dv]. Every attention form takes and returns the same.
-AttentionFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
 def native_softmax(scores: torch.Tensor) -> torch.Tensor:
@@ -53,12 +50,9 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torc
     return out.transpose(1, 2).reshape(batch, queries, heads * v.shape[-1])
 
 
-def fused_attention_function() -> AttentionFunction:
-    """`levit_trt::attention` (plugins.plugin_attention), loaded now so a missing build fails here, not mid-forward."""
-    from levit_trt import plugins
-
-    plugins.load_attention_op()  # type: ignore[attr-defined]  # provided by the attention op's bindings
-    return plugins.plugin_attention  # type: ignore[attr-defined, no-any-return]
+def load_fused_attention() -> None:
+    """Load `levit_trt::attention` now, so that a missing build fails here, not mid-forward."""
+    plugins.load_attention_op()
 
 
 def check_attention_impl(attention: str, softmax: str) -> None:
@@ -77,15 +71,18 @@ class PreparedAttention(nn.Module):
     timm computes `attention_biases[:, idxs]` on first use in eval mode and caches it in a dict:
     that write breaks CUDA-graph trees and hides the gather from exporters. Here the gathered
     bias is a registered buffer, computed once, so exports and graphs see a constant. The attention
-    itself is one of ATTENTION_IMPLS (`attention`, set with `set_attention`); the explicit form's
-    softmax is a swappable function so the softmax plugin can stand in for PyTorch's.
+    itself is one of ATTENTION_IMPLS (`attention`, set with `set_attention`), and each form is a
+    class of its own (this one is the explicit form), because torch.compile does not guard a
+    module's instance attributes: on torch 2.11 a copy whose attention function had been swapped
+    reused the first copy's compiled code, so forms must differ by type. The explicit form's softmax
+    is a function attribute, so the softmax plugin can stand in for PyTorch's (in a class of its own
+    too: `PluginSoftmaxAttention`).
     """
 
     # Declared for type checkers: nn.Module's attribute lookup would type them as Tensor | Module.
     attention_bias: torch.Tensor
     scale: float
     softmax: Callable[[torch.Tensor], torch.Tensor]
-    attend: AttentionFunction
     qkv: nn.Module
     kv: nn.Module
     q: nn.Module
@@ -112,10 +109,9 @@ class PreparedAttention(nn.Module):
         self.register_buffer("attention_bias", bias)
         self.softmax = softmax
         self.attention: AttentionImpl = "explicit"
-        self.attend = self.explicit_attention
 
-    def explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                           scale: float) -> torch.Tensor:
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+               scale: float) -> torch.Tensor:
         """The two products, scale, bias and `self.softmax` as separate ops: the form ONNX export writes."""
         scores = q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) * scale + bias
         attn = self.softmax(scores)
@@ -133,6 +129,34 @@ class PreparedAttention(nn.Module):
         return self.proj(self.attend(q, k, v, self.attention_bias, self.scale))
 
 
+class PluginSoftmaxAttention(PreparedAttention):
+    """The explicit form with the `levit_trt::softmax` op as its softmax (the reference's plugin)."""
+
+
+class SdpaAttention(PreparedAttention):
+    """Attention as `F.scaled_dot_product_attention` with the bias as additive mask."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        return sdpa_attention(q, k, v, bias, scale)
+
+
+class FusedAttention(PreparedAttention):
+    """Attention as one `levit_trt::attention` call on the projections' q, k, v views."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        return plugins.plugin_attention(q, k, v, bias, scale)
+
+
+_LAYER_CLASSES: dict[tuple[str, str], type[PreparedAttention]] = {
+    ("explicit", "native"): PreparedAttention,
+    ("explicit", "plugin"): PluginSoftmaxAttention,
+    ("sdpa", "native"): SdpaAttention,
+    ("fused", "native"): FusedAttention,
+}
+
+
 def _is_attention(module: nn.Module) -> bool:
     return hasattr(module, "attention_biases") and hasattr(module, "attention_bias_idxs")
 
@@ -148,7 +172,6 @@ def prepare_model(model: nn.Module, softmax: str = "native", attention: str = "e
     """Fold every batch norm, fix the attention biases and install the attention form, in place (eval mode)."""
     check_attention_impl(attention, softmax)
     model.eval()
-    softmax_fn = softmax_function(softmax)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if _is_foldable_norm(child):
@@ -156,13 +179,11 @@ def prepare_model(model: nn.Module, softmax: str = "native", attention: str = "e
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if _is_attention(child):
-                setattr(parent, name, PreparedAttention(child, softmax_fn))
+                setattr(parent, name, PreparedAttention(child, native_softmax))
     leftover = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover:
         raise RuntimeError(f"batch norms left unfolded in the prepared model: {leftover[:3]}")
-    if attention != "explicit":
-        set_attention(model, attention)
-    return model.eval()
+    return _set_form(model, attention, softmax).eval()
 
 
 def prepared_attention_layers(model: nn.Module) -> list[PreparedAttention]:
@@ -173,28 +194,28 @@ def prepared_attention_layers(model: nn.Module) -> list[PreparedAttention]:
     return layers
 
 
-def set_softmax(model: nn.Module, softmax: str) -> nn.Module:
-    """Switch every prepared attention layer of `model` to another softmax implementation."""
+def _set_form(model: nn.Module, attention: str, softmax: str) -> nn.Module:
+    """Give every prepared attention layer of `model` the class of (attention, softmax), checked first."""
+    check_attention_impl(attention, softmax)
+    layers = prepared_attention_layers(model)
+    if attention == "fused":
+        load_fused_attention()
     softmax_fn = softmax_function(softmax)
-    for layer in prepared_attention_layers(model):
+    for layer in layers:
+        layer.__class__ = _LAYER_CLASSES[(attention, softmax)]
+        layer.attention = attention  # type: ignore[assignment]  # checked against ATTENTION_IMPLS above
         layer.softmax = softmax_fn
     return model
 
 
+def set_softmax(model: nn.Module, softmax: str) -> nn.Module:
+    """Switch every prepared attention layer of `model` (explicit form) to another softmax implementation."""
+    return _set_form(model, "explicit", softmax)
+
+
 def set_attention(model: nn.Module, attention: str) -> nn.Module:
     """Switch every prepared attention layer of `model` to another attention form (ATTENTION_IMPLS)."""
-    check_attention_impl(attention, "native")
-    layers = prepared_attention_layers(model)
-    fused = fused_attention_function() if attention == "fused" else None
-    for layer in layers:
-        layer.attention = attention  # type: ignore[assignment]  # checked against ATTENTION_IMPLS above
-        if fused is not None:
-            layer.attend = fused
-        elif attention == "sdpa":
-            layer.attend = sdpa_attention
-        else:
-            layer.attend = layer.explicit_attention
-    return model
+    return _set_form(model, attention, "native")
 
 
 def attention_forms(model: nn.Module) -> set[str]:

@@ -172,3 +172,28 @@ def test_fused_form_without_the_op_says_how_to_build_it(timm_model: nn.Module, m
     monkeypatch.setenv(plugins.PLUGIN_DIR_ENV, str(tmp_path))  # an empty plugin directory
     with pytest.raises(plugins.PluginNotBuiltError, match="cmake"):
         set_attention(prepare_model(copy.deepcopy(timm_model)), "fused")
+
+
+def test_torch_compile_traces_each_form_of_its_own(timm_model: nn.Module, monkeypatch) -> None:
+    """Compiling a second copy of the model in another form must trace that form, not reuse the first.
+
+    torch.compile does not guard a module's instance attributes: on torch 2.11, a copy whose
+    attention function attribute had been swapped reused the first copy's compiled code (the
+    "sdpa" and "fused" compiles took 0.0 s and timed as the explicit one). Forms are classes now.
+    Here the sdpa form is made to return zeros, so reusing the explicit form's code shows.
+    """
+    def zero_attention(q, k, v, bias, scale):
+        return torch.zeros(q.shape[0], q.shape[1], q.shape[2] * v.shape[3], dtype=q.dtype)
+
+    monkeypatch.setattr(models, "sdpa_attention", zero_attention)
+    torch._dynamo.reset()
+    prepared = prepare_model(copy.deepcopy(timm_model))
+    images = synthetic_images(2, seed=23)
+    with torch.no_grad():
+        explicit = torch.compile(copy.deepcopy(prepared), backend="eager", fullgraph=True)(images)
+        zeroed = set_attention(copy.deepcopy(prepared), "sdpa")
+        expected = zeroed(images)
+        got = torch.compile(zeroed, backend="eager", fullgraph=True)(images)
+    torch._dynamo.reset()
+    assert (expected - explicit).abs().max() > 1e-2  # the zeroed form computes another function
+    torch.testing.assert_close(got, expected)
