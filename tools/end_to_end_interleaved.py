@@ -38,6 +38,9 @@ def forward_functions(model: torch.nn.Module, images: torch.Tensor, forms: list[
                       ) -> dict[str, Callable[[], torch.Tensor]]:
     """One zero-argument forward per form (and per compiled form), each on its own model copy."""
     functions: dict[str, Callable[[], torch.Tensor]] = {}
+    # Each form is a class of its own, so every (variant, batch, form) recompiles LeViT's forward:
+    # start each set afresh rather than run into dynamo's recompile limit (8) by the third variant.
+    torch._dynamo.reset()
     for form in forms:
         eager = set_attention(copy.deepcopy(model), form)
         functions[FORMS[form]] = partial(eager, images)
