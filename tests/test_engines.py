@@ -358,7 +358,7 @@ class FakeModelSource:
 def test_exported_onnx_in_the_planned_form(major: int, precision: str, form: str, tmp_path: Path, cache: Path) -> None:
     source = FakeModelSource(tmp_path)
     builder = FakeBuilder(tensorrt_version=f"{major}.0.0")
-    cached_engine(builder, ExportedOnnx(source, softmax_plugin=False), EngineOptions(precision=precision), cache)  # type: ignore[arg-type]
+    cached_engine(builder, ExportedOnnx(source), EngineOptions(precision=precision), cache)  # type: ignore[arg-type]
     assert [(o.precision, o.softmax_plugin) for o in source.requests] == [(form, False)]
 
 
@@ -376,7 +376,7 @@ def softmax_plugin_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
 def test_exported_qdq_quantizes_the_native_export_and_adds_the_plugin(tmp_path: Path, cache: Path,
                                                                      softmax_plugin_library: Path) -> None:
     source, quantizer, builder = FakeModelSource(tmp_path), FakeQuantizer(), FakeBuilder(tensorrt_version="11.1.0")
-    engine = cached_engine(builder, ExportedOnnx(source, softmax_plugin=True), EngineOptions(precision="int8"),  # type: ignore[arg-type]
+    engine = cached_engine(builder, ExportedOnnx(source, plugin="softmax"), EngineOptions(precision="int8"),  # type: ignore[arg-type]
                            cache, int8=int8_loader(quantizer=quantizer))
     assert quantizer.calls == [tmp_path / "fp32-plugin0.onnx"]  # ONNX Runtime must be able to run it
     (job,) = builder.jobs
