@@ -251,7 +251,8 @@ def _add_build(sub: argparse._SubParsersAction) -> None:
                         help=f"RTX target compute capabilities, e.g. 80,86 (of {', '.join(RTX_TARGETS)}; default: "
                              "RTX's own set)")
     parser.add_argument("--plugins", type=Path, nargs="+", default=[],
-                        help="TensorRT plugin libraries to load (default: the softmax plugin when the ONNX uses it)")
+                        help="TensorRT plugin libraries to load besides ours (the softmax and attention plugin libraries are "
+                             "loaded when the ONNX has their nodes)")
     parser.add_argument("--min-batch", type=int, default=DEFAULT_BATCH_RANGE[0], help="smallest batch the engine takes")
     parser.add_argument("--opt-batch", type=int, default=DEFAULT_BATCH_RANGE[1], help="batch TensorRT tunes for")
     parser.add_argument("--max-batch", type=int, default=DEFAULT_BATCH_RANGE[2], help="largest batch the engine takes")

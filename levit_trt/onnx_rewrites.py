@@ -4,10 +4,11 @@ fused attention plugin (each LeViT attention subgraph, from the projections' out
 TensorRT's ONNX parser imports a node whose op_type it has no importer for through its plugin
 fallback: it asks the plugin registry for a creator named op_type, with the version and namespace
 given by the node's string attributes `plugin_version` and `plugin_namespace`, and passes the
-attributes named by the creator's fields (here `axis`) to createPlugin. The parser ignores the
+attributes named by the creator's fields (`axis`; `num_heads`, `key_dim`, `val_dim`, `scale`) to createPlugin. The parser ignores the
 node's domain; we put the nodes in their own domain (imported in the model) so that onnx.checker
 accepts the rewritten model. ONNX Runtime cannot run the rewritten model: it is for TensorRT only,
-with the plugin library loaded first (`levit_trt.plugins.trt_plugin_library()`).
+with the plugin library loaded first (levit_trt.tensorrt.plugin_libraries loads the ones a graph uses). Each
+node's identity is read from its plugin's identity header (`levit_trt.plugins`), which the C++ side compiles.
 """
 
 from __future__ import annotations
@@ -20,18 +21,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from levit_trt.plugins import softmax_plugin_identity
+from levit_trt.plugins import attention_plugin_identity, softmax_plugin_identity
 
 PLUGIN_DOMAIN = "levit_trt"
 PLUGIN_DOMAIN_VERSION = 1
 # Bump when replace_softmax_with_plugin or replace_attention_with_plugin writes other nodes for the same input
 # (cached rewrites and exports are keyed by it). 2: the attention rewrite was added.
 REWRITE_VERSION = 2
-# The fused attention plugin node, as the contract between the rewrite and the TensorRT plugin fixes it
-# (plugins/attention states the same identity for the C++ side).
-ATTENTION_PLUGIN_OP = "LevitAttention"
-ATTENTION_PLUGIN_VERSION = "1"
-ATTENTION_PLUGIN_NAMESPACE = "levit_trt"
 PLUGIN_AXIS = -1
 _ONNX_DOMAINS = ("", "ai.onnx")
 _PLUGIN_ELEMENT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
@@ -394,7 +390,8 @@ class _AttentionWalker:
         self._check_enclosed(merge.output[0])
         # Named after the module where the bias says which one it is, so TensorRT's layer report does too.
         module = bias_name.removesuffix(".attention_bias") if bias_name.endswith(".attention_bias") else softmax.name
-        return AttentionMatch(name=f"{module}.{ATTENTION_PLUGIN_OP}", inputs=(*inputs, bias_name), output=str(merge.output[0]),
+        return AttentionMatch(name=f"{module}.{attention_plugin_identity().name}", inputs=(*inputs, bias_name),
+                              output=str(merge.output[0]),
                               num_heads=heads, key_dim=key_dim, val_dim=val_dim, scale=float(scale.reshape(-1)[0]),
                               replaced=frozenset(self.visited))
 
@@ -425,9 +422,10 @@ class _AttentionWalker:
 
 
 def _attention_plugin_node(match: AttentionMatch) -> onnx.NodeProto:
+    identity = attention_plugin_identity()  # the header the C++ plugin compiles, so the two cannot disagree
     return helper.make_node(
-        ATTENTION_PLUGIN_OP, inputs=list(match.inputs), outputs=[match.output], name=match.name, domain=PLUGIN_DOMAIN,
-        plugin_version=ATTENTION_PLUGIN_VERSION, plugin_namespace=ATTENTION_PLUGIN_NAMESPACE,
+        identity.name, inputs=list(match.inputs), outputs=[match.output], name=match.name, domain=PLUGIN_DOMAIN,
+        plugin_version=identity.version, plugin_namespace=identity.namespace,
         num_heads=match.num_heads, key_dim=match.key_dim, val_dim=match.val_dim, scale=match.scale,
     )
 

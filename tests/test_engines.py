@@ -348,7 +348,7 @@ class FakeModelSource:
 
         options = options or ExportOptions()
         self.requests.append(options)
-        path = self.directory / f"{options.precision}-plugin{int(options.softmax_plugin)}.onnx"
+        path = self.directory / f"{options.precision}-plugin{int(options.softmax_plugin)}{int(options.attention_plugin)}.onnx"
         if not path.exists():
             write_onnx(path, elem_type=TensorProto.FLOAT16 if options.precision == "fp16" else TensorProto.FLOAT)
         return path
@@ -358,7 +358,7 @@ class FakeModelSource:
 def test_exported_onnx_in_the_planned_form(major: int, precision: str, form: str, tmp_path: Path, cache: Path) -> None:
     source = FakeModelSource(tmp_path)
     builder = FakeBuilder(tensorrt_version=f"{major}.0.0")
-    cached_engine(builder, ExportedOnnx(source, softmax_plugin=False), EngineOptions(precision=precision), cache)  # type: ignore[arg-type]
+    cached_engine(builder, ExportedOnnx(source), EngineOptions(precision=precision), cache)  # type: ignore[arg-type]
     assert [(o.precision, o.softmax_plugin) for o in source.requests] == [(form, False)]
 
 
@@ -376,9 +376,9 @@ def softmax_plugin_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
 def test_exported_qdq_quantizes_the_native_export_and_adds_the_plugin(tmp_path: Path, cache: Path,
                                                                      softmax_plugin_library: Path) -> None:
     source, quantizer, builder = FakeModelSource(tmp_path), FakeQuantizer(), FakeBuilder(tensorrt_version="11.1.0")
-    engine = cached_engine(builder, ExportedOnnx(source, softmax_plugin=True), EngineOptions(precision="int8"),  # type: ignore[arg-type]
+    engine = cached_engine(builder, ExportedOnnx(source, plugin="softmax"), EngineOptions(precision="int8"),  # type: ignore[arg-type]
                            cache, int8=int8_loader(quantizer=quantizer))
-    assert quantizer.calls == [tmp_path / "fp32-plugin0.onnx"]  # ONNX Runtime must be able to run it
+    assert quantizer.calls == [tmp_path / "fp32-plugin00.onnx"]  # ONNX Runtime must be able to run it
     (job,) = builder.jobs
     parsed = onnx.load(str(job.onnx_path))
     assert onnx_form(parsed) == "qdq" and not any(n.op_type == "Softmax" for n in parsed.graph.node)
@@ -386,6 +386,22 @@ def test_exported_qdq_quantizes_the_native_export_and_adds_the_plugin(tmp_path: 
     assert job.plugin_libraries == (softmax_plugin_library,)
     assert engine.manifest["plugins"] == [{"library": plugins.TRT_PLUGIN_LIBRARY_NAME,
                                            "sha256": file_sha256(softmax_plugin_library)}]
+
+
+@pytest.mark.parametrize(("plugin", "softmax", "attention"), [("attention", False, True), ("softmax", True, False)])
+def test_exported_onnx_of_each_plugin(plugin: str, softmax: bool, attention: bool, tmp_path: Path, cache: Path) -> None:
+    source = FakeModelSource(tmp_path)
+    cached_engine(FakeBuilder(tensorrt_version="11.1.0"), ExportedOnnx(source, plugin=plugin),  # type: ignore[arg-type]
+                  EngineOptions(precision="fp16"), cache)
+    assert [(o.precision, o.softmax_plugin, o.attention_plugin) for o in source.requests] == [("fp16", softmax, attention)]
+
+
+def test_int8_qdq_with_the_attention_plugin_is_an_error_naming_the_softmax_one(tmp_path: Path, cache: Path) -> None:
+    quantizer = FakeQuantizer()
+    with pytest.raises(ValueError, match=r"fused attention plugin .* Q/DQ INT8 .*plugin='softmax'"):
+        cached_engine(FakeBuilder(tensorrt_version="11.1.0"), ExportedOnnx(FakeModelSource(tmp_path), plugin="attention"),  # type: ignore[arg-type]
+                      EngineOptions(precision="int8"), cache, int8=int8_loader(quantizer=quantizer))
+    assert quantizer.calls == [] and entries(cache) == []
 
 
 def test_extra_plugin_libraries_are_loaded_besides_the_softmax_plugin(onnx_files: dict[str, Path], cache: Path,

@@ -72,7 +72,7 @@ def backend(source: ModelSource) -> Callable[..., Backend]:
     built: dict[str, Backend] = {}
 
     def get(name: str = "tensorrt", precision: str = "fp32", **options: Any) -> Backend:
-        status = backend_class(name).availability("cuda")
+        status = backend_class(name).availability_for("cuda", **options)  # a plugin choice needs its own library
         if not status.available:
             pytest.skip(status.reason)
         options.setdefault("engine_options", OPTIONS)
@@ -132,12 +132,14 @@ def test_wrong_inputs_are_clear_errors(backend: Callable[..., Backend], images: 
         engine(images[:2, :, :112].to("cuda"))
 
 
+@pytest.mark.parametrize(("plugin", "library"), [("attention", "liblevit_attention_trt.so"),
+                                                ("softmax", "liblevit_softmax_trt.so")])
 def test_plugin_engine_matches_pytorch(backend: Callable[..., Backend], images: torch.Tensor,
-                                       reference: torch.Tensor) -> None:
-    engine = backend("tensorrt-plugin")
+                                       reference: torch.Tensor, plugin: str, library: str) -> None:
+    engine = backend("tensorrt-plugin", plugin=plugin)
     assert (run(engine, images) - reference).abs().max().item() <= FP32_ATOL
     libraries = [entry["library"] for entry in engine.engine.manifest["plugins"]]  # type: ignore[attr-defined]
-    assert libraries == ["liblevit_softmax_trt.so"]
+    assert libraries == [library] and engine.describe()["plugin"] == plugin
 
 
 def test_cuda_graph_replays_the_engine(backend: Callable[..., Backend], images: torch.Tensor) -> None:
@@ -173,7 +175,7 @@ def test_cached_engine_is_loaded_not_rebuilt(source: ModelSource, backend: Calla
 @pytest.mark.parametrize("use_plugin", [False, True], ids=["trt-softmax", "plugin"])
 def test_softmax_engine_against_float64(source: ModelSource, dtype: torch.dtype, use_plugin: bool) -> None:
     if use_plugin:
-        status = backend_class("tensorrt-plugin").availability("cuda")
+        status = backend_class("tensorrt-plugin").availability_for("cuda", plugin="softmax")
         if not status.available:
             pytest.skip(status.reason)
     from levit_trt.tensorrt.softmax_engine import softmax_engine

@@ -1,6 +1,6 @@
 """The levit_trt.tensorrt package on a CPU, without running an engine: its one TensorRT import, and the runtime
 fixes that can be shown here (inspector with a context, tensor-address checks, NoOp tactics, plugin use in
-ONNX functions, the wheel's CUDA major). Fakes stand in for TensorRT objects where the behaviour is ours."""
+ONNX functions, which plugin libraries an ONNX and a plugin backend need, the wheel's CUDA major). Fakes stand in for TensorRT objects where the behaviour is ours."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from levit_trt.plugins import TRT_PLUGIN_LIBRARY_NAME, softmax_plugin_identity
+from levit_trt.plugins import (
+    ATTENTION_TRT_PLUGIN_LIBRARY_NAME,
+    TRT_PLUGIN_LIBRARY_NAME,
+    attention_plugin_identity,
+    softmax_plugin_identity,
+)
 from levit_trt.tensorrt import binding, deserialize, runner
 from levit_trt.tensorrt.layer_report import layer_tactic, layers_from_build_log, summarize_layer_precisions
 from levit_trt.tensorrt.plugin_libraries import plugin_libraries_for
@@ -163,3 +168,54 @@ def test_wheel_cuda_major_reads_the_distribution_name(monkeypatch: pytest.Monkey
         assert binding.wheel_cuda_major("tensorrt") is None  # an RTX wheel is not TensorRT's
     finally:
         binding.wheel_cuda_major.cache_clear()
+
+
+def plugin_node_model(*op_types: str) -> onnx.ModelProto:
+    """A chain of levit_trt-domain nodes of these op types (what the parser hands to the plugin registry)."""
+    names = ["input", *(f"t{index}" for index in range(len(op_types) - 1)), "output"]
+    nodes = [helper.make_node(op, [names[index]], [names[index + 1]], domain="levit_trt")
+             for index, op in enumerate(op_types)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("levit_trt", 1)])
+
+
+@pytest.fixture
+def stand_in_libraries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
+    """Stand-ins for both built plugin libraries where levit_trt looks for them."""
+    monkeypatch.setenv("LEVIT_TRT_PLUGIN_DIR", str(tmp_path))
+    libraries = {"softmax": tmp_path / TRT_PLUGIN_LIBRARY_NAME, "attention": tmp_path / ATTENTION_TRT_PLUGIN_LIBRARY_NAME}
+    for path in libraries.values():
+        path.write_bytes(b"stand-in library")
+    return {name: path.resolve() for name, path in libraries.items()}
+
+
+def test_an_onnx_loads_exactly_the_libraries_its_plugin_nodes_need(stand_in_libraries: dict[str, Path]) -> None:
+    softmax, attention = "LevitSoftmax", "LevitAttention"  # the contract's op types, not read from the headers
+    assert (softmax_plugin_identity().name, attention_plugin_identity().name) == (softmax, attention)
+    assert plugin_libraries_for(plugin_node_model(attention), ()) == (stand_in_libraries["attention"],)
+    assert plugin_libraries_for(plugin_node_model(softmax), ()) == (stand_in_libraries["softmax"],)
+    both = plugin_libraries_for(plugin_node_model(softmax, attention), ())
+    assert sorted(both) == sorted(stand_in_libraries.values())
+    # one given by path (from anywhere) replaces the built one of its name; the other is still found
+    assert plugin_libraries_for(plugin_node_model(softmax, attention), (stand_in_libraries["attention"],)) == (
+        stand_in_libraries["attention"], stand_in_libraries["softmax"])
+
+
+def test_plugin_backends_need_the_library_of_their_plugin(stand_in_libraries: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without liblevit_attention_trt.so the plugin backends are unavailable by default (attention), with the
+    build command as the reason, and available with plugin='softmax'; a plugin they do not have is an error."""
+    from levit_trt.backends import tensorrt as tensorrt_backends
+    from levit_trt.backends.base import UnsupportedCombination
+
+    monkeypatch.setattr(tensorrt_backends, "tensorrt_version", lambda flavor: "11.1.0")  # as if installed
+    stand_in_libraries["attention"].unlink()
+    for backend in (tensorrt_backends.TensorRTPluginBackend, tensorrt_backends.TensorRTRtxPluginBackend):
+        for status in (backend.availability("cpu"), backend.availability_for("cpu", plugin="attention")):
+            assert not status.available
+            assert ATTENTION_TRT_PLUGIN_LIBRARY_NAME in status.reason and "cmake -S . -B build" in status.reason
+        assert backend.availability_for("cpu", plugin="softmax").available
+        with pytest.raises(UnsupportedCombination, match=f"backend '{backend.name}' has no plugin 'flash'"):
+            backend.availability_for("cpu", plugin="flash")
+    assert tensorrt_backends.TensorRTBackend.availability_for("cpu", plugin="attention").available  # no plugin used

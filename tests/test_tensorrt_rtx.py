@@ -1,9 +1,10 @@
 """TensorRT-RTX's ONNX parser and builder, run for real (no GPU needed): LeViT-128S fp32, fp16, Q/DQ INT8 and
 softmax-plugin ONNX parse, build and serialize through `levit-trt build --flavor rtx`, with layer reports,
-engine-cache behaviour and the bad inputs each a clear error that leaves no cache entry.
+engine-cache behaviour and the bad inputs each a clear error that leaves no cache entry; the fused attention
+plugin's ONNX (LeViT-128S fp32/fp16, LeViT-384 fp16) builds with one plugin layer per attention module.
 
 Skipped with the reason where tensorrt_rtx is not installed (pip install -e ".[rtx]") or, for the plugin
-cases, where the plugin library is not built against the TensorRT 11 headers. Running an engine needs a GPU
+cases, where the plugin libraries are not built against the TensorRT 11 headers. Running an engine needs a GPU
 RTX supports: those tests are in test_tensorrt_backend.py. Builds use a small batch profile (1/2/4).
 """
 
@@ -12,20 +13,37 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from levit_trt.attention_shapes import variant_attention_shapes
 from levit_trt.backends.base import ModelSource
 from levit_trt.cli import main
 from levit_trt.export import ExportOptions
-from levit_trt.plugins import PluginNotBuiltError, trt_plugin_compiled_major, trt_plugin_library
-from levit_trt.tensorrt.builder import NetworkBuild
-from levit_trt.tensorrt.engine_cache import ENGINE_KIND, BuildJob, check_engine_flavor
+from levit_trt.plugins import (
+    PluginMismatchError,
+    PluginNotBuiltError,
+    attention_trt_plugin_library,
+    check_attention_trt_plugin_library,
+    trt_plugin_compiled_major,
+    trt_plugin_library,
+)
+from levit_trt.tensorrt.builder import NetworkBuild, TensorRTBuilder
+from levit_trt.tensorrt.engine_cache import (
+    ENGINE_KIND,
+    BuildJob,
+    CachedEngine,
+    ExportedOnnx,
+    cached_engine,
+    check_engine_flavor,
+)
 from levit_trt.tensorrt.layer_report import REPORT_KEY, layer_report_path, onnx_node_names, read_layer_report
-from levit_trt.variants import resolve_variant
+from levit_trt.tensorrt.options import EngineOptions
+from levit_trt.variants import Variant, resolve_variant
 from levit_trt.weights import parse_weights
 
 pytestmark = pytest.mark.tensorrt
@@ -283,3 +301,95 @@ def test_an_engine_is_refused_by_a_flavor_that_did_not_build_it(onnx_128s: dict[
     report_path.unlink()
     with pytest.raises(ValueError, match="no levit_trt manifest"):
         check_engine_flavor(engine, "rtx")
+
+
+# ---- The fused attention plugin (LevitAttention): the plugin backends' default ONNX ---------------------------------
+
+ATTENTION_CASES = [("128S", "fp32"), ("128S", "fp16"), ("384", "fp16")]  # 384: other heads and widths; one export
+
+
+@pytest.fixture(scope="session")
+def attention_library(rtx: None) -> Path:
+    try:
+        library = attention_trt_plugin_library()
+        check_attention_trt_plugin_library((11,), library, "TensorRT-RTX")
+    except (PluginNotBuiltError, PluginMismatchError) as error:
+        pytest.skip(str(error))
+    return library
+
+
+@pytest.fixture(scope="session")
+def sources(cache_dir: Path) -> dict[str, ModelSource]:
+    """One ModelSource per variant for the session; their exports are cached in the session's cache."""
+    return {name: ModelSource(resolve_variant(name), parse_weights("random"), cache_dir) for name in ("128S", "384")}
+
+
+def plugin_engine(source: ModelSource, precision: str, plugin: str) -> CachedEngine:
+    """What the tensorrt-rtx-plugin backend builds before it needs a GPU: the plugin's ONNX, through the cache."""
+    options = EngineOptions(precision=precision, flavor="rtx", min_batch=1, opt_batch=2, max_batch=4)  # type: ignore[arg-type]
+    return cached_engine(TensorRTBuilder("rtx", cache_dir=source.cache_dir), ExportedOnnx(source, plugin), options,
+                         source.cache_dir)
+
+
+def attention_modules(variant: Variant) -> int:
+    """Attention modules of a variant from its table: one per block, and the downsample attentions."""
+    return sum(variant.depths) + sum(shape.downsample for shape in variant_attention_shapes(variant))
+
+
+def plugin_layers(engine: CachedEngine) -> list[dict[str, Any]]:
+    return [layer for layer in read_layer_report(engine.layers_path)["Layers"]
+            if isinstance(layer, dict) and layer.get("LayerType") == "custom_layer"]
+
+
+@pytest.mark.parametrize(("variant_name", "precision"), ATTENTION_CASES, ids=["-".join(c) for c in ATTENTION_CASES])
+def test_attention_plugin_onnx_builds_with_one_plugin_layer_per_attention(
+        sources: dict[str, ModelSource], attention_library: Path, variant_name: str, precision: str) -> None:
+    source = sources[variant_name]
+    engine = plugin_engine(source, precision, "attention")
+    attentions = attention_modules(source.variant)
+    assert attentions == {"128S": 11, "384": 14}[variant_name]
+    parsed = onnx.load(read_layer_report(engine.layers_path)[REPORT_KEY]["onnx"])
+    nodes = [node.name for node in parsed.graph.node if node.op_type == "LevitAttention"]
+    assert len(nodes) == attentions and not [node for node in parsed.graph.node if node.op_type == "Softmax"]
+    layers = plugin_layers(engine)
+    # each plugin layer is one LevitAttention node, and each node one plugin layer
+    assert sorted(name for layer in layers for name in onnx_node_names(layer["Metadata"])) == sorted(nodes)
+    assert len(layers) == attentions
+    assert {layer_precision_of(layer) for layer in layers} == {precision}  # strongly typed: the ONNX's type
+    assert engine.plugin_libraries == (attention_library.resolve(),)  # the one library its nodes need
+    assert [entry["library"] for entry in engine.manifest["plugins"]] == ["liblevit_attention_trt.so"]
+
+
+def test_softmax_plugin_choice_is_another_onnx_and_engine(sources: dict[str, ModelSource], attention_library: Path,
+                                                         plugin_library: Path) -> None:
+    """plugin='softmax' keeps the reference's softmax-only plugin ONNX: its own engine key and library."""
+    source = sources["128S"]
+    fused, softmax = plugin_engine(source, "fp16", "attention"), plugin_engine(source, "fp16", "softmax")
+    assert fused.key != softmax.key
+    assert softmax.plugin_libraries == (plugin_library.resolve(),)
+    assert [entry["library"] for entry in softmax.manifest["plugins"]] == ["liblevit_softmax_trt.so"]
+    layers = plugin_layers(softmax)
+    assert len(layers) == attention_modules(source.variant)  # one softmax per attention, in its own plugin layer
+    assert {layer_precision_of(layer) for layer in layers} == {"fp16"}
+
+
+def test_build_loads_the_attention_library_besides_given_plugins(sources: dict[str, ModelSource], attention_library: Path,
+                                                                 plugin_library: Path, tmp_path: Path) -> None:
+    """`levit-trt build --plugins LIB`: the given libraries, and the attention library because the ONNX uses it."""
+    onnx_path = sources["128S"].onnx_path(ExportOptions(precision="fp16", attention_plugin=True))
+    engine = tmp_path / "attention.plan"
+    assert build(onnx_path, engine, tmp_path / "cache", "--precision", "fp16", "--plugins", str(plugin_library)) == 0
+    manifest = read_layer_report(layer_report_path(engine))[REPORT_KEY]["manifest"]
+    assert sorted(entry["library"] for entry in manifest["plugins"]) == ["liblevit_attention_trt.so",
+                                                                         "liblevit_softmax_trt.so"]
+
+
+def test_attention_plugin_onnx_without_its_library_says_how_to_build_it(sources: dict[str, ModelSource], tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    onnx_path = sources["128S"].onnx_path(ExportOptions(attention_plugin=True))
+    monkeypatch.setenv("LEVIT_TRT_PLUGIN_DIR", str(tmp_path / "no-plugins"))
+    assert build(onnx_path, tmp_path / "x.plan", tmp_path / "cache") == 2
+    error = capsys.readouterr().err
+    assert "liblevit_attention_trt.so" in error and "cmake -S . -B build" in error, error
+    assert engine_entries(tmp_path / "cache") == [] and not (tmp_path / "x.plan").exists()

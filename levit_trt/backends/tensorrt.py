@@ -14,14 +14,13 @@ from typing import Any, ClassVar, cast
 
 import torch
 
-from levit_trt.backends.base import Availability, Backend, ModelSource
-from levit_trt.plugins import trt_plugin_library
+from levit_trt.backends.base import DEFAULT_PLUGIN, PLUGINS, Availability, Backend, ModelSource
 from levit_trt.tensorrt.binding import TensorRTNotInstalled, tensorrt_version
 from levit_trt.tensorrt.builder import TensorRTBuilder
 from levit_trt.tensorrt.devices import current_gpu
 from levit_trt.tensorrt.engine_cache import CachedEngine, ExportedOnnx, cached_engine, int8_inputs_loader
 from levit_trt.tensorrt.options import EngineOptions, EnginePrecision, Flavor, rtx_runtime_problem
-from levit_trt.tensorrt.plugin_libraries import load_plugin_libraries
+from levit_trt.tensorrt.plugin_libraries import load_plugin_libraries, plugin_library
 from levit_trt.tensorrt.runner import EngineRunner
 
 RUNTIME_CACHE_KIND = "tensorrt-rtx-runtime-cache"
@@ -32,13 +31,14 @@ class TensorRTBackend(Backend):
 
     Options: `engine_options` (batch range, optimisation level, workspace, timing cache, TF32, INT8
     path and policy, RTX targets; its precision and flavor are the backend's), `cuda_graph` (replay a
-    captured graph for repeated same-shape calls), `plugin_libraries` (extra TensorRT plugin libraries).
+    captured graph for repeated same-shape calls), `plugin_libraries` (extra TensorRT plugin libraries),
+    `plugin` (plugin backends only: which of our plugins the ONNX uses).
     """
 
     name = "tensorrt"
     flavor: ClassVar[Flavor] = "tensorrt"
     supported: ClassVar[dict[str, tuple[str, ...]]] = {"cuda": ("fp32", "fp16", "int8")}
-    softmax_plugin: ClassVar[bool] = False
+    default_plugin: ClassVar[str | None] = None  # the plugin backends' DEFAULT_PLUGIN
 
     def __init__(
         self,
@@ -49,7 +49,11 @@ class TensorRTBackend(Backend):
         engine_options: EngineOptions | None = None,
         cuda_graph: bool = False,
         plugin_libraries: Sequence[Path] = (),
+        plugin: str | None = None,
     ) -> None:
+        self.plugin = plugin if plugin is not None else self.default_plugin
+        if self.plugin is not None:
+            self.check_plugin(self.plugin)
         super().__init__(precision, device)
         started = time.perf_counter()
         options = dataclasses.replace(engine_options or EngineOptions(), precision=cast(EnginePrecision, precision),
@@ -57,7 +61,7 @@ class TensorRTBackend(Backend):
         builder = TensorRTBuilder(self.flavor, self.device, cache_dir=source.cache_dir)
         self.tensorrt_version = builder.tensorrt_version
         int8 = int8_inputs_loader(options, source.variant) if precision == "int8" else None
-        self.engine: CachedEngine = cached_engine(builder, ExportedOnnx(source, self.softmax_plugin), options,
+        self.engine: CachedEngine = cached_engine(builder, ExportedOnnx(source, self.plugin), options,
                                                   source.cache_dir, int8=int8, plugin_libraries=plugin_libraries)
         load_plugin_libraries(self.flavor, self.engine.plugin_libraries)
         self.runner = EngineRunner.load(self.flavor, self.engine.engine_path, self.device, cuda_graph=cuda_graph,
@@ -95,20 +99,35 @@ class TensorRTBackend(Backend):
                 "cuda_graph": self.runner.cuda_graph, "layer_precisions": self.engine.precision_summary()}
         if self.runner.first_run_seconds is not None:
             info["first_run_seconds"] = self.runner.first_run_seconds  # RTX compiles kernels then; not latency
+        if self.plugin is not None:
+            info["plugin"] = self.plugin
         if self.engine.int8 is not None:
             info.update(self.engine.int8.describe())
         return info
 
 
-class TensorRTPluginBackend(TensorRTBackend):
-    """TensorRT with attention's softmax replaced by the levit_trt softmax plugin."""
+class PluginEngineBackend(TensorRTBackend):
+    """What the plugin backends add: the ONNX with our fused attention plugin (default) or, with
+    `plugin="softmax"`, the softmax-only plugin the reference compared; unavailable without its library."""
 
-    name = "tensorrt-plugin"
-    softmax_plugin = True
+    plugin_choices = PLUGINS
+    default_plugin = DEFAULT_PLUGIN
 
     @classmethod
     def availability(cls, device: str) -> Availability:
-        return super().availability(device).requiring(trt_plugin_library)
+        return cls.availability_for(device)
+
+    @classmethod
+    def availability_for(cls, device: str, **options: Any) -> Availability:
+        plugin = options.get("plugin", DEFAULT_PLUGIN)
+        cls.check_plugin(plugin)
+        return super().availability(device).requiring(plugin_library(plugin).locate)
+
+
+class TensorRTPluginBackend(PluginEngineBackend):
+    """TensorRT with each attention as the levit_trt fused attention plugin (or only its softmax as the softmax one)."""
+
+    name = "tensorrt-plugin"
 
 
 class TensorRTRtxBackend(TensorRTBackend):
@@ -131,12 +150,8 @@ class TensorRTRtxBackend(TensorRTBackend):
         return status if problem is None else Availability(False, f"{gpu.name}: {problem}")
 
 
-class TensorRTRtxPluginBackend(TensorRTRtxBackend):
-    """TensorRT-RTX with attention's softmax replaced by the levit_trt softmax plugin (built against 11.x headers)."""
+class TensorRTRtxPluginBackend(PluginEngineBackend, TensorRTRtxBackend):
+    """TensorRT-RTX with the levit_trt fused attention plugin, or the softmax one (libraries built against 11.x
+    headers)."""
 
     name = "tensorrt-rtx-plugin"
-    softmax_plugin = True
-
-    @classmethod
-    def availability(cls, device: str) -> Availability:
-        return super().availability(device).requiring(trt_plugin_library)

@@ -188,21 +188,30 @@ class OnnxSource(Protocol):
 
 @dataclass(frozen=True)
 class ExportedOnnx:
-    """The model's own ONNX (backends): fp32/fp16 from the exporter, Q/DQ from the quantizer."""
+    """The model's own ONNX (backends): fp32/fp16 from the exporter, Q/DQ from the quantizer; `plugin` (None,
+    'attention' or 'softmax') says which of our plugins replaces each attention, or only its softmax."""
 
     source: ModelSource
-    softmax_plugin: bool = False
+    plugin: str | None = None
     form_hint: OnnxForm | None = None
     prequantized: bool = False
+
+    def __post_init__(self) -> None:
+        if self.plugin not in (None, "attention", "softmax"):
+            raise ValueError(f"unknown plugin {self.plugin!r}; choose 'attention' or 'softmax'")
 
     def onnx(self, form: OnnxForm, int8: Int8Inputs | None, cache_dir: Path) -> Path:
         from levit_trt.export import ExportOptions
 
         if form != "qdq":
-            return self.source.onnx_path(ExportOptions(precision=form, softmax_plugin=self.softmax_plugin))
+            return self.source.onnx_path(ExportOptions(precision=form, softmax_plugin=self.plugin == "softmax",
+                                                       attention_plugin=self.plugin == "attention"))
+        if self.plugin == "attention":
+            raise ValueError("the fused attention plugin takes fp32 or fp16 inputs and has no place in a Q/DQ INT8 "
+                             "graph; build INT8 engines with the softmax plugin (plugin='softmax', --plugin softmax)")
         assert int8 is not None, "cached_engine loads the INT8 inputs for a Q/DQ plan"
         qdq = int8.quantize(self.source.onnx_path(ExportOptions()), int8.calibration, int8.policy, cache_dir)
-        return with_softmax_plugin(qdq, cache_dir) if self.softmax_plugin else qdq
+        return with_softmax_plugin(qdq, cache_dir) if self.plugin == "softmax" else qdq
 
 
 @dataclass(frozen=True)
@@ -214,7 +223,7 @@ class GivenOnnx:
 
     path: Path
     form: OnnxForm
-    softmax_plugin: bool
+    uses_plugins: bool  # levit_trt plugin nodes (softmax or attention) anywhere in the graph
 
     @classmethod
     def read(cls, path: Path) -> GivenOnnx:
@@ -233,7 +242,7 @@ class GivenOnnx:
         if form == self.form:
             return self.path
         if form == "qdq" and self.form == "fp32":
-            if self.softmax_plugin:
+            if self.uses_plugins:
                 raise ValueError(f"{self.path} uses a levit_trt plugin, which the quantizer cannot run; quantize the "
                                  "ONNX exported without plugins")
             assert int8 is not None, "cached_engine loads the INT8 inputs for a Q/DQ plan"

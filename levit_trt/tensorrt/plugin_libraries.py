@@ -2,7 +2,8 @@
 
 One table (`PLUGIN_LIBRARIES`) maps a plugin op type (the ONNX node's op_type, which the parser
 looks up as the creator's name) to the library that registers it and the check that library must
-pass before it is loaded. A second plugin is one more entry.
+pass before it is loaded: the softmax plugin and the fused attention plugin. An ONNX loads exactly
+the libraries its plugin nodes need.
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from levit_trt.plugins import (
+    ATTENTION_TRT_PLUGIN_LIBRARY_NAME,
     TRT_PLUGIN_LIBRARY_NAME,
     PluginMismatchError,
+    attention_plugin_identity,
+    attention_trt_plugin_library,
+    check_attention_trt_plugin_library,
     check_trt_plugin_library,
     softmax_plugin_identity,
     trt_plugin_library,
@@ -29,8 +34,10 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class PluginLibrary:
-    """A levit_trt TensorRT plugin library: the op type it registers, its file, where it is built, its check."""
+    """A levit_trt TensorRT plugin library: the plugin choice it serves (backends.base.PLUGINS), the op type it
+    registers, its file, where it is built, its check."""
 
+    plugin: str
     op_type: Callable[[], str]  # the creator name, read from the plugin's identity header
     file_name: str
     locate: Callable[[], Path]  # the built library; PluginNotBuiltError with build instructions if missing
@@ -38,9 +45,20 @@ class PluginLibrary:
 
 
 PLUGIN_LIBRARIES: tuple[PluginLibrary, ...] = (
-    PluginLibrary(lambda: softmax_plugin_identity().name, TRT_PLUGIN_LIBRARY_NAME, trt_plugin_library,
+    PluginLibrary("softmax", lambda: softmax_plugin_identity().name, TRT_PLUGIN_LIBRARY_NAME, trt_plugin_library,
                   check_trt_plugin_library),
+    PluginLibrary("attention", lambda: attention_plugin_identity().name, ATTENTION_TRT_PLUGIN_LIBRARY_NAME,
+                  attention_trt_plugin_library, check_attention_trt_plugin_library),
 )
+
+
+def plugin_library(plugin: str) -> PluginLibrary:
+    """The table's entry for a plugin choice ('softmax' or 'attention'); ValueError naming the choices otherwise."""
+    for library in PLUGIN_LIBRARIES:
+        if library.plugin == plugin:
+            return library
+    raise ValueError(f"no TensorRT plugin library for {plugin!r}; choose one of "
+                     f"{', '.join(library.plugin for library in PLUGIN_LIBRARIES)}")
 
 
 def needed_plugin_libraries(model: onnx.ModelProto) -> list[PluginLibrary]:
