@@ -26,6 +26,7 @@ from levit_trt.quantize import (
     quantize_onnx,
     read_quantization_metadata,
 )
+from levit_trt.thresholds import agreement as measure_agreement
 from levit_trt.weights import synthetic_images
 
 ort = pytest.importorskip("onnxruntime")
@@ -131,20 +132,15 @@ def test_dynamic_batch_is_kept(quantized: dict) -> None:
     np.testing.assert_allclose(batched, one_by_one, atol=1e-4, rtol=0)
 
 
-def _agreement(logits: np.ndarray, reference: torch.Tensor) -> tuple[float, float]:
-    got = torch.from_numpy(logits).double()
-    top1 = float((got.argmax(1) == reference.argmax(1)).double().mean())
-    cosine = float(torch.nn.functional.cosine_similarity(got, reference.double(), dim=1).mean())
-    return top1, cosine
-
-
 @pytest.fixture(scope="module")
 def agreement(quantized: dict, source: ModelSource) -> dict[str, tuple[float, float]]:
     """Top-1 agreement and mean logit cosine of each policy's Q/DQ model with PyTorch fp32."""
     images = synthetic_images(EVAL_IMAGES, seed=1000)  # not the calibration images (seed 1)
     with torch.no_grad():
         reference = source.torch_model()(images)
-    return {name: _agreement(_run(path, images.numpy()), reference) for name, (path, _) in quantized.items()}
+    measured = {name: measure_agreement(torch.from_numpy(_run(path, images.numpy())), reference)
+                for name, (path, _) in quantized.items()}
+    return {name: (result.top1, result.cosine) for name, result in measured.items()}
 
 
 def test_policies_compared_by_top1_and_cosine(agreement: dict) -> None:
