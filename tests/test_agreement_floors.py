@@ -21,6 +21,7 @@ from onnx import numpy_helper
 
 from accuracy.conftest import AGREEMENT_IMAGES, AGREEMENT_SEED
 from levit_trt.backends.base import ModelSource
+from levit_trt.backends.onnxruntime import OnnxRuntimeBackend
 from levit_trt.backends.registry import create_backend
 from levit_trt.export import INPUT_NAME, OUTPUT_NAME
 from levit_trt.models import PreparedAttention
@@ -141,7 +142,9 @@ def _double_weight_scale(model: onnx.ModelProto, op_type: str, index: int) -> st
 @pytest.fixture(scope="module")
 def int8_onnx(source: ModelSource) -> Path:
     """The onnxruntime INT8 backend's Q/DQ model: default policy, default calibration."""
-    return create_backend("onnxruntime", source, "int8", "cpu").onnx_path
+    backend = create_backend("onnxruntime", source, "int8", "cpu")
+    assert isinstance(backend, OnnxRuntimeBackend)
+    return backend.onnx_path
 
 
 @pytest.fixture(scope="module")

@@ -254,7 +254,8 @@ def test_metadata_names_policy_and_calibration(quantized: dict, calibration: Cal
 def test_cache_reuses_and_rekeys(fp32_onnx: Path, tiny_calibration: CalibrationSet, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     first = cached_qdq_onnx(fp32_onnx, tiny_calibration, POLICIES["default"], tmp_path)
-    assert first.is_file() and read_quantization_metadata(first)["calibration"] == tiny_calibration.identity
+    stamp = read_quantization_metadata(first)
+    assert first.is_file() and stamp is not None and stamp["calibration"] == tiny_calibration.identity
 
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("quantized again although the cache holds this model")
