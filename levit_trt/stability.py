@@ -38,9 +38,17 @@ class StabilityReport:
     HEADER = "fp64-max  fp64-rms  cos-mean cos-min  top-1 distinct margin betw/in  std"
 
 
-def _logits(model: nn.Module, images: torch.Tensor, chunk: int = 16) -> torch.Tensor:
+def cast_logits(model: nn.Module, images: torch.Tensor, dtype: torch.dtype = torch.float32,
+                chunk: int = 16) -> torch.Tensor:
+    """Logits of a copy of `model` cast to `dtype` (model and images), in chunks of `chunk` images.
+
+    Below float32 (fp16, bf16 on the CPU) the logits come back as float32, so they can be compared.
+    The caller's model is left as it is.
+    """
+    cast = model if next(model.parameters()).dtype == dtype else copy.deepcopy(model).to(dtype)
     with torch.inference_mode():
-        return torch.cat([model(part) for part in images.split(chunk)])
+        logits = torch.cat([cast(part.to(dtype)) for part in images.split(chunk)])
+    return logits if logits.element_size() >= 4 else logits.float()
 
 
 def measure_stability(model: nn.Module, images: torch.Tensor, noise_std: float = 1e-2, noise_seed: int = 0,
@@ -51,13 +59,11 @@ def measure_stability(model: nn.Module, images: torch.Tensor, noise_std: float =
     large variants); the other measurements use all of them, but distinct classes are counted over
     the first `distinct_of`.
     """
-    fp32 = _logits(model, images)
+    fp32 = cast_logits(model, images)
     count = len(images) if float64_images is None else min(float64_images, len(images))
-    double = copy.deepcopy(model).double()
-    fp64 = _logits(double, images[:count].double())
-    del double
+    fp64 = cast_logits(model, images[:count], torch.float64)
     generator = torch.Generator().manual_seed(noise_seed)
-    noisy = _logits(model, images + noise_std * torch.randn(images.shape, generator=generator))
+    noisy = cast_logits(model, images + noise_std * torch.randn(images.shape, generator=generator))
 
     scale = float(fp32.double().std())
     error = fp32[:count].double() - fp64

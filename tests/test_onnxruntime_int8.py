@@ -39,7 +39,7 @@ def test_int8_runs_the_default_policy_calibrated_on_synthetic_images(source: Mod
     logits = backend(backend.prepare_input(images))
     assert logits.shape == (16, 1000) and torch.isfinite(logits).all()
     # test_quantize.py measures and bounds each policy's agreement; here only that the backend runs that
-    # model: logits of other images would score a cosine of about 0.24.
+    # model: measured 0.964 (stand-in recipe 3); logits of other images score a cosine of about 0.12.
     cosine = torch.nn.functional.cosine_similarity(logits.double(), reference.double(), dim=1).mean()
     assert cosine > 0.85
 

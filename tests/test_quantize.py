@@ -26,6 +26,7 @@ from levit_trt.quantize import (
     quantize_onnx,
     read_quantization_metadata,
 )
+from levit_trt.thresholds import agreement as measure_agreement
 from levit_trt.weights import synthetic_images
 
 ort = pytest.importorskip("onnxruntime")
@@ -46,7 +47,10 @@ def fp32_onnx(source: ModelSource) -> Path:
 
 @pytest.fixture(scope="module")
 def calibration() -> CalibrationSet:
-    return synthetic_calibration_set("128S", CALIBRATION_IMAGES, seed=1)
+    # Not seed 1: the stand-in weights random:0 estimated their batch-norm statistics on
+    # synthetic_images(32, seed=1) (levit_trt/weights.py), and calibrating on those very images
+    # measured 0.98 mean logit cosine on the agreement images against 0.95-0.96 on other sets.
+    return synthetic_calibration_set("128S", CALIBRATION_IMAGES, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -151,42 +155,41 @@ def test_dynamic_batch_is_kept(quantized: dict) -> None:
     np.testing.assert_allclose(batched, one_by_one, atol=1e-4, rtol=0)
 
 
-def _agreement(logits: np.ndarray, reference: torch.Tensor) -> tuple[float, float]:
-    got = torch.from_numpy(logits).double()
-    top1 = float((got.argmax(1) == reference.argmax(1)).double().mean())
-    cosine = float(torch.nn.functional.cosine_similarity(got, reference.double(), dim=1).mean())
-    return top1, cosine
-
-
 @pytest.fixture(scope="module")
 def agreement(quantized: dict, source: ModelSource) -> dict[str, tuple[float, float]]:
     """Top-1 agreement and mean logit cosine of each policy's Q/DQ model with PyTorch fp32."""
     images = synthetic_images(EVAL_IMAGES, seed=1000)  # not the calibration images (seed 1)
     with torch.no_grad():
         reference = source.torch_model()(images)
-    return {name: _agreement(_run(path, images.numpy()), reference) for name, (path, _) in quantized.items()}
+    measured = {name: measure_agreement(torch.from_numpy(_run(path, images.numpy())), reference)
+                for name, (path, _) in quantized.items()}
+    return {name: (result.top1, result.cosine) for name, result in measured.items()}
 
 
 def test_policies_compared_by_top1_and_cosine(agreement: dict) -> None:
     """The order measured on the stand-in weights (recipe 3; numbers below): by cosine default >
-    activations > all-int8, by top-1 default = all-int8 > activations, every gap under 0.004 of
-    cosine and 0.07 of top-1 (4 images of 64). Keeping Hardswish out of INT8 did not recover the
-    reference's 10 points here, so no order is asserted beyond what that margin supports: the
-    default policy within 0.01 cosine and 0.1 top-1 of the best policy."""
+    activations > all-int8, by top-1 activations > default > all-int8, every gap under 0.006 of
+    cosine and 0.04 of top-1 (2 images of 64). Keeping Hardswish out of INT8 did not recover the
+    reference's 10 points here (what does is in levit_trt/thresholds.py, beside the int8 floor), so
+    no order is asserted beyond what that margin supports: the default policy within 0.01 cosine
+    and 0.1 top-1 of the best policy. A doubled weight scale in the default's Q/DQ model (the
+    eleventh weighted MatMul) measured 0.156 / 0.665 and fails this."""
     print("agreement with PyTorch fp32 (top-1, mean cosine):", agreement)
     assert agreement["default"][1] >= max(cosine for _, cosine in agreement.values()) - 0.01
     assert agreement["default"][0] >= max(top1 for top1, _ in agreement.values()) - 0.1
 
 
-# Measured here (levit_128s random:0, stand-in recipe 3, 32 calibration and 64 other synthetic
-# images, ONNX Runtime on a 2-core x86 CPU), top-1 agreement / mean logit cosine with PyTorch fp32:
-#   all-int8 0.812 / 0.9785, activations 0.750 / 0.9809, default 0.812 / 0.9818.
-# The floors sit about 0.1 (top-1) and 0.01 (cosine) under the measurements; logits of other images
-# score near-zero agreement and cosine about 0.1 (tests/test_agreement_floors.py).
+# Measured here (levit_128s random:0, stand-in recipe 3, 32 calibration images of seed 0 and 64
+# others of seed 1000, ONNX Runtime on a 2-core x86 CPU), top-1 agreement / mean logit cosine with
+# PyTorch fp32: all-int8 0.609 / 0.9598, activations 0.641 / 0.9648, default 0.625 / 0.9657.
+# (Calibrated on seed 1, the very images random:0's batch norms were estimated on: 0.812 / 0.9785,
+# 0.750 / 0.9809, 0.812 / 0.9818, an optimistic coincidence.) The floors sit about 0.1 (top-1) and
+# 0.01 (cosine) under the measurements; logits of other images score near-zero agreement and
+# cosine about 0.01 (tests/test_agreement_floors.py).
 FLOORS = {
-    "all-int8": (0.70, 0.97),
-    "activations": (0.65, 0.97),
-    "default": (0.70, 0.97),
+    "all-int8": (0.50, 0.95),
+    "activations": (0.53, 0.95),
+    "default": (0.52, 0.95),
 }
 
 
@@ -274,7 +277,8 @@ def test_metadata_names_policy_and_calibration(quantized: dict, calibration: Cal
 def test_cache_reuses_and_rekeys(fp32_onnx: Path, tiny_calibration: CalibrationSet, tmp_path: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     first = cached_qdq_onnx(fp32_onnx, tiny_calibration, POLICIES["default"], tmp_path)
-    assert first.is_file() and read_quantization_metadata(first)["calibration"] == tiny_calibration.identity
+    stamp = read_quantization_metadata(first)
+    assert first.is_file() and stamp is not None and stamp["calibration"] == tiny_calibration.identity
 
     def must_not_run(*args: object, **kwargs: object) -> None:
         raise AssertionError("quantized again although the cache holds this model")

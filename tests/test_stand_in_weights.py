@@ -25,37 +25,42 @@ NOISE_COSINE_MEAN, NOISE_COSINE_MIN, NOISE_TOP1 = 0.999, 0.99, 0.97
 DISTINCT_TOP1 = 16  # of the first 32 images
 MEDIAN_MARGIN = 0.05  # top-1 minus top-2 logit / logit std
 # Logits that were mostly a fixed per-class offset would score well on everything above and still
-# say little about the image; measured 0.97-1.00 (independent logits per image give 1).
-BETWEEN_OVER_WITHIN = 0.5
-# float64 of LeViT-384 on 64 images takes ~20 s on one core: the first 16 show the rounding as well.
+# say little about the image: logits' std between images (per class) over their std within an
+# image (over classes). Measured 0.98-1.00 on the recipe (independent logits per image give 1);
+# timm's own init (logits of std 4e-5 that barely depend on the image) gave 0.52, and the recipe
+# with a per-class offset of std 4 added to the classifier's bias 0.65.
+BETWEEN_OVER_WITHIN = 0.9
+# All the suite's 64 images for the noise response (on the first 32 alone one flipped near-tie of
+# LeViT-128 is 0.969, under the bar; of 64 it is 0.984); distinct classes of the first 32, as the
+# issue counts them. float64 of LeViT-384 is the costliest part: the first 16 show the rounding.
 FLOAT64_IMAGES = 16
 
 
-@pytest.fixture(scope="module")
-def reports() -> dict[str, StabilityReport]:
-    """One measurement per variant, made on first use."""
-    return {}
-
-
-def _report(reports: dict[str, StabilityReport], name: str) -> StabilityReport:
-    if name not in reports:
-        variant = VARIANTS[name]
-        images = synthetic_images(AGREEMENT_IMAGES, variant.input_size, seed=AGREEMENT_SEED)
-        model = load_model(variant, parse_weights("random"))
-        reports[name] = measure_stability(model, images, noise_std=NOISE_STD, float64_images=FLOAT64_IMAGES)
-    return reports[name]
+def _failed_bars(report: StabilityReport) -> list[str]:
+    """Every bar `report` misses, so one run shows all that a bad recipe breaks."""
+    bars = {
+        f"float64 error {report.float64_error:.1e} > {FLOAT64_ERROR}": report.float64_error <= FLOAT64_ERROR,
+        f"noise cosine mean {report.noise_cosine_mean:.6f} < {NOISE_COSINE_MEAN}":
+            report.noise_cosine_mean >= NOISE_COSINE_MEAN,
+        f"noise cosine min {report.noise_cosine_min:.6f} < {NOISE_COSINE_MIN}": report.noise_cosine_min >= NOISE_COSINE_MIN,
+        f"noise top-1 {report.noise_top1:.3f} < {NOISE_TOP1}": report.noise_top1 >= NOISE_TOP1,
+        f"distinct top-1 {report.distinct_top1}/{report.distinct_of} < {DISTINCT_TOP1}/32":
+            report.distinct_of == 32 and report.distinct_top1 >= DISTINCT_TOP1,
+        f"median margin {report.median_margin:.3f} < {MEDIAN_MARGIN}": report.median_margin >= MEDIAN_MARGIN,
+        f"between/within {report.between_over_within:.3f} < {BETWEEN_OVER_WITHIN}":
+            report.between_over_within >= BETWEEN_OVER_WITHIN,
+    }
+    return [bar for bar, met in bars.items() if not met]
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_stand_in_weights_are_smooth_and_input_dependent(name: str, reports: dict[str, StabilityReport]) -> None:
-    report = _report(reports, name)
+def test_stand_in_weights_are_smooth_and_input_dependent(name: str) -> None:
+    variant = VARIANTS[name]
+    images = synthetic_images(AGREEMENT_IMAGES, variant.input_size, seed=AGREEMENT_SEED)
+    model = load_model(variant, parse_weights("random"))
+    report = measure_stability(model, images, noise_std=NOISE_STD, float64_images=FLOAT64_IMAGES)
     print(name, StabilityReport.HEADER, "\n", report.row())
-    assert report.float64_error <= FLOAT64_ERROR, report
-    assert report.noise_cosine_mean >= NOISE_COSINE_MEAN and report.noise_cosine_min >= NOISE_COSINE_MIN, report
-    assert report.noise_top1 >= NOISE_TOP1, report
-    assert report.distinct_of == 32 and report.distinct_top1 >= DISTINCT_TOP1, report
-    assert report.median_margin >= MEDIAN_MARGIN, report
-    assert report.between_over_within >= BETWEEN_OVER_WITHIN, report
+    assert not _failed_bars(report), f"{name}: {_failed_bars(report)}"
 
 
 def test_every_variant_was_measured() -> None:

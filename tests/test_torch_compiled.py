@@ -29,7 +29,7 @@ def test_compiled_on_cpu_matches_eager(source: ModelSource) -> None:
     images = synthetic_images(2, seed=41)
     compiled.prepare_shape(images)
     assert compiled.describe()["compile_seconds"]["2"] > 0
-    # Inductor fuses and reorders float32 sums: measured max diff ~2e-6 on logits of std ~0.3.
+    # Inductor fuses and reorders float32 sums: measured max diff 2.0e-5 on logits of std 1.8 (stand-in recipe 3).
     torch.testing.assert_close(compiled(images), eager(images), atol=1e-4, rtol=0)
 
 
@@ -67,7 +67,8 @@ def test_cuda_graph_backends_match_eager(source: ModelSource, name: str, precisi
         got = backend(backend.prepare_input(images)).double().clone()
         if precision == "fp32":
             # Fused kernels sum in another order; on the H100 the max difference was 1.8e-3 on logits
-            # of std ~0.5 (this random model amplifies rounding), so bound the error norm instead.
+            # of std ~0.5 of the earlier, chaotic random weights (recipe 2; not re-measured on recipe 3,
+            # which rounds far less: no GPU here), so bound the error norm instead.
             assert (got - expected).norm() / expected.norm() < 1e-3
         else:
             # fp16: inductor keeps fp32 intermediates inside fused kernels, so the compiled model may

@@ -20,27 +20,19 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from accuracy.conftest import AGREEMENT_IMAGES, AGREEMENT_SEED
-from levit_trt.backends.base import ModelSource
+from levit_trt.backends.base import DTYPES, ModelSource
 from levit_trt.backends.registry import create_backend
+from levit_trt.stability import cast_logits
 from levit_trt.thresholds import agreement
 from levit_trt.variants import resolve_variant
 from levit_trt.weights import create_model, parse_weights, synthetic_images
 
 CASES = (("onnxruntime", "fp32"), ("torch-cast", "fp16"), ("torch-cast", "bf16"), ("onnxruntime", "int8"))
-CAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def cast_logits(source: ModelSource, precision: str, images: torch.Tensor) -> torch.Tensor:
-    """The prepared model cast to fp16/bf16 on the CPU (the torch backend runs those only on CUDA)."""
-    dtype = CAST_DTYPES[precision]
-    model = source.torch_model().to(dtype)
-    with torch.inference_mode():
-        return torch.cat([model(chunk.to(dtype)).float() for chunk in images.split(16)])
 
 
 def backend_logits(source: ModelSource, name: str, precision: str, images: torch.Tensor) -> torch.Tensor:
-    if name == "torch-cast":
-        return cast_logits(source, precision, images)
+    if name == "torch-cast":  # the prepared model cast on the CPU (the torch backend runs fp16/bf16 only on CUDA)
+        return cast_logits(source.torch_model(), images, DTYPES[precision])
     backend = create_backend(name, source, precision, "cpu")
     return torch.cat([backend(backend.prepare_input(chunk)).float().cpu() for chunk in images.split(16)])
 
