@@ -21,6 +21,7 @@ from levit_trt.backends.base import (
     Backend,
     BackendUnavailable,
     ModelSource,
+    UnsupportedCombination,
     set_tf32,
 )
 from levit_trt.backends.registry import BACKENDS
@@ -178,7 +179,7 @@ def backend_for(model_source: Callable[[Variant | str], ModelSource]) -> Callabl
             try:
                 built[key] = create_backend(case.backend, model_source(case.variant), case.precision,
                                             case.device, **options)
-            except BackendUnavailable as error:
+            except (BackendUnavailable, UnsupportedCombination) as error:  # e.g. int8 with the attention plugin
                 built[key] = str(error)
         backend = built[key]
         if isinstance(backend, str):

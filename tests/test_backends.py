@@ -96,3 +96,11 @@ def test_case_ids_name_the_plugin_of_plugin_backends() -> None:
     assert Case(variant, "torch-plugin", "fp16", 16, "cuda", plugin="softmax").id == "levit_128s-torch-plugin-softmax-fp16-bs16"
     assert Case(variant, "torch-plugin", "fp16", 16, "cuda", True).id == "levit_128s-torch-plugin-attention-graph-fp16-bs16"
     assert Case(variant, "torch-sdpa", "fp16", 16, "cuda", plugin="softmax").id == "levit_128s-torch-sdpa-fp16-bs16"
+
+
+@pytest.mark.parametrize("backend", ["tensorrt-plugin", "tensorrt-rtx-plugin"])
+def test_int8_with_the_attention_plugin_is_refused_before_any_build(source: ModelSource, backend: str) -> None:
+    """The fused attention plugin has no INT8 form: the backend says so (the suites skip on it) and
+    names the softmax plugin, before touching TensorRT, so the check holds on any machine."""
+    with pytest.raises(UnsupportedCombination, match="--plugin softmax"):
+        backend_class(backend)(source, precision="int8", device="cuda", plugin="attention")

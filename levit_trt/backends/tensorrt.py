@@ -14,7 +14,7 @@ from typing import Any, ClassVar, cast
 
 import torch
 
-from levit_trt.backends.base import DEFAULT_PLUGIN, PLUGINS, Availability, Backend, ModelSource
+from levit_trt.backends.base import DEFAULT_PLUGIN, PLUGINS, Availability, Backend, ModelSource, UnsupportedCombination
 from levit_trt.tensorrt.binding import TensorRTNotInstalled, tensorrt_version
 from levit_trt.tensorrt.builder import TensorRTBuilder
 from levit_trt.tensorrt.devices import current_gpu
@@ -54,6 +54,10 @@ class TensorRTBackend(Backend):
         self.plugin = plugin if plugin is not None else self.default_plugin
         if self.plugin is not None:
             self.check_plugin(self.plugin)
+        if self.plugin == "attention" and precision == "int8":
+            raise UnsupportedCombination(
+                f"backend {self.name!r} with the fused attention plugin has no INT8 engine (the plugin takes fp32 or "
+                "fp16 and has no place in a Q/DQ graph); use the softmax plugin for INT8 (--plugin softmax)")
         super().__init__(precision, device)
         started = time.perf_counter()
         options = dataclasses.replace(engine_options or EngineOptions(), precision=cast(EnginePrecision, precision),
