@@ -7,6 +7,8 @@ suites run; anything the machine cannot run is skipped with its reason (`pytest 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +139,68 @@ def tensorrt_headers() -> Callable[[str], Path]:
         return headers
 
     return find
+
+
+PLUGIN_TEST_CUDA_ARCH = "80"  # one architecture keeps the plugin builds short; TensorRT-RTX runs sm 8.0 too
+
+
+def find_nvcc() -> str | None:
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if root and (Path(root) / "bin" / "nvcc").is_file():
+            return str(Path(root) / "bin" / "nvcc")
+    return None
+
+
+@pytest.fixture(scope="session")
+def nvcc() -> str:
+    """nvcc's path, where cmake and nvcc are both there (compiling needs no GPU); else a skip with the reason."""
+    if shutil.which("cmake") is None:
+        pytest.skip("cmake not found on PATH")
+    found = find_nvcc()
+    if found is None:
+        pytest.skip("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)")
+    return found
+
+
+def cmake_build(build_dir: Path, nvcc: str, *options: str) -> None:
+    """Configure and build the plugin libraries into `build_dir` for PLUGIN_TEST_CUDA_ARCH (asserting success)."""
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    configure = [
+        "cmake", "-S", str(Path(__file__).resolve().parent), "-B", str(build_dir), *generator,
+        f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={PLUGIN_TEST_CUDA_ARCH}",
+        "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_CXX_FLAGS=-Werror", *options,
+    ]
+    result = subprocess.run(configure, capture_output=True, text=True, check=False)
+    if result.returncode == 0:
+        build = ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)]
+        result = subprocess.run(build, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, f"{' '.join(result.args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+
+
+@pytest.fixture(scope="session")
+def plugin_cuda_arch() -> str:
+    return PLUGIN_TEST_CUDA_ARCH
+
+
+@pytest.fixture(scope="session")
+def trt_plugins_built(tmp_path_factory: pytest.TempPathFactory, nvcc: str,
+                      tensorrt_headers: Callable[[str], Path]) -> Callable[[str], Path]:
+    """`trt_plugins_built("11.1")`: a directory with both TensorRT plugin libraries built against those
+    headers, built once per session (the build tests and the TensorRT-RTX tests share it)."""
+    built: dict[str, Path] = {}
+
+    def build(version: str) -> Path:
+        if version not in built:
+            headers = tensorrt_headers(version)
+            directory = tmp_path_factory.mktemp(f"trt-plugins-{version}")
+            cmake_build(directory, nvcc, f"-DTENSORRT_INCLUDE_DIR={headers}", "-DLEVIT_BUILD_TORCH_OP=OFF")
+            built[version] = directory
+        return built[version]
+
+    return build
 
 
 @pytest.fixture(scope="session")

@@ -23,41 +23,6 @@ from levit_trt import plugins
 
 REPO_ROOT = plugins.REPO_ROOT
 TRT_HEADER_VERSIONS = ("10.13", "11.1")
-CUDA_ARCH = "80"  # one architecture keeps the compile short
-
-
-def find_nvcc() -> str | None:
-    found = shutil.which("nvcc")
-    if found:
-        return found
-    for root in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if root and (Path(root) / "bin" / "nvcc").is_file():
-            return str(Path(root) / "bin" / "nvcc")
-    return None
-
-
-def require_toolchain() -> str:
-    if shutil.which("cmake") is None:
-        pytest.skip("cmake not found on PATH")
-    nvcc = find_nvcc()
-    if nvcc is None:
-        pytest.skip("nvcc not found (PATH, CUDA_HOME, /usr/local/cuda)")
-    return nvcc
-
-
-def cmake_build(build_dir: Path, nvcc: str, *options: str) -> subprocess.CompletedProcess:
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    configure = [
-        "cmake", "-S", str(REPO_ROOT), "-B", str(build_dir), *generator,
-        f"-DCMAKE_CUDA_COMPILER={nvcc}", f"-DCMAKE_CUDA_ARCHITECTURES={CUDA_ARCH}",
-        "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_CXX_FLAGS=-Werror", *options,
-    ]
-    result = subprocess.run(configure, capture_output=True, text=True, check=False)
-    if result.returncode == 0:
-        build = ["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)]
-        result = subprocess.run(build, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"{' '.join(result.args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
 
 
 def needed_libraries(library: Path) -> list[str]:
@@ -74,11 +39,9 @@ def header_major(headers: Path) -> int:
 
 
 @pytest.mark.parametrize("version", TRT_HEADER_VERSIONS)
-def test_trt_plugin_builds_against_headers(tmp_path, version, tensorrt_headers):
-    nvcc = require_toolchain()
+def test_trt_plugin_builds_against_headers(version, tensorrt_headers, trt_plugins_built):
     headers = tensorrt_headers(version)
-
-    cmake_build(tmp_path, nvcc, f"-DTENSORRT_INCLUDE_DIR={headers}", "-DLEVIT_BUILD_TORCH_OP=OFF")
+    tmp_path = trt_plugins_built(version)
     assert not (tmp_path / plugins.TORCH_OP_LIBRARY_NAME).exists()
     assert not (tmp_path / plugins.ATTENTION_TORCH_OP_LIBRARY_NAME).exists()
     major = header_major(headers)
@@ -103,17 +66,43 @@ def test_trt_plugin_builds_against_headers(tmp_path, version, tensorrt_headers):
     assert plugins.attention_plugin_identity() == plugins.PluginIdentity("LevitAttention", "1", "levit_trt")
 
 
-def test_torch_op_builds_and_registers(tmp_path):
-    nvcc = require_toolchain()
+README_BUILD_COMMAND = "cmake -S . -B build && cmake --build build -j"
+# What the build reads from the source tree; the test builds a copy so the checkout's build/ stays untouched.
+BUILD_SOURCES = ("CMakeLists.txt", "plugins", "levit_trt/plugin_identities")
+
+
+@pytest.fixture(scope="module")
+def readme_build(tmp_path_factory: pytest.TempPathFactory, nvcc: str, plugin_cuda_arch: str) -> Path:
+    """The README's command, as written, run once in a copy of the sources with CMake's default generator
+    (Makefiles): the PyTorch ops' build for the tests below. CMake 3.25 once stopped at generate there
+    with "requires the language dialect CUDA20", while Ninja built."""
     torch = pytest.importorskip("torch")
     if torch.version.cuda is None:
         pytest.skip(f"torch {torch.__version__} is a CPU-only build (no CUDA headers)")
+    assert README_BUILD_COMMAND in (REPO_ROOT / "README.md").read_text(), "the README no longer says how to build"
+    source = tmp_path_factory.mktemp("levit_trt_copy")
+    for name in BUILD_SOURCES:
+        copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy2
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        copy(REPO_ROOT / name, source / name)  # type: ignore[operator]
+    env = {name: value for name, value in os.environ.items() if name not in ("CMAKE_GENERATOR", "CUDACXX")}
+    # The command as written finds nvcc and python3 on PATH; CUDAARCHS (read by CMake itself) keeps it to one
+    # architecture so the test stays short, and CXXFLAGS makes warnings in our op code errors.
+    env.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), str(Path(nvcc).parent), env.get("PATH", "")]),
+               CUDAARCHS=plugin_cuda_arch, CXXFLAGS="-Werror")
+    result = subprocess.run(["bash", "-c", README_BUILD_COMMAND], cwd=source, env=env, capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 0, f"{README_BUILD_COMMAND} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    return source / "build"
 
-    cmake_build(tmp_path, nvcc, "-DLEVIT_BUILD_TRT_PLUGIN=OFF", f"-DPython3_EXECUTABLE={sys.executable}")
-    assert (tmp_path / plugins.TORCH_OP_LIBRARY_NAME).is_file()
-    assert (tmp_path / plugins.ATTENTION_TORCH_OP_LIBRARY_NAME).is_file()
-    assert not (tmp_path / plugins.TRT_PLUGIN_LIBRARY_NAME).exists()
 
+def test_readme_build_command_works_with_default_generator(readme_build: Path) -> None:
+    assert (readme_build / "Makefile").is_file(), "not built with the default (Makefiles) generator"
+    assert (readme_build / plugins.TORCH_OP_LIBRARY_NAME).is_file()
+    assert (readme_build / plugins.ATTENTION_TORCH_OP_LIBRARY_NAME).is_file()
+
+
+def test_torch_op_builds_and_registers(readme_build: Path) -> None:
     # Load both in a fresh interpreter through levit_trt (not in this one: a registered op library
     # cannot be unloaded), the attention op first (it adds to the namespace the softmax one defines),
     # and run the Meta kernels, which need no GPU.
@@ -126,43 +115,12 @@ def test_torch_op_builds_and_registers(tmp_path):
         "y = op(torch.empty((8, 6, 196, 196), device='meta', dtype=torch.float16)); "
         "print(tuple(y.shape), y.dtype, y.device.type)"
     )
-    env = {**os.environ, plugins.PLUGIN_DIR_ENV: str(tmp_path)}
+    env = {**os.environ, plugins.PLUGIN_DIR_ENV: str(readme_build)}
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO_ROOT,
                             check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().splitlines()[-2:] == ["(8, 196, 384) torch.float16 meta",
                                                        "(8, 6, 196, 196) torch.float16 meta"]
-
-
-README_BUILD_COMMAND = "cmake -S . -B build && cmake --build build -j"
-# What the build reads from the source tree; the test builds a copy so the checkout's build/ stays untouched.
-BUILD_SOURCES = ("CMakeLists.txt", "plugins", "levit_trt/plugin_identities")
-
-
-def test_readme_build_command_works_with_default_generator(tmp_path):
-    """The README's command, as written, with CMake's default generator (Makefiles): CMake 3.25 once
-    stopped at generate there with "requires the language dialect CUDA20", while Ninja built."""
-    nvcc = require_toolchain()
-    torch = pytest.importorskip("torch")
-    if torch.version.cuda is None:
-        pytest.skip(f"torch {torch.__version__} is a CPU-only build (no CUDA headers)")
-    assert README_BUILD_COMMAND in (REPO_ROOT / "README.md").read_text(), "the README no longer says how to build"
-    source = tmp_path / "levit_trt_copy"
-    source.mkdir()
-    for name in BUILD_SOURCES:
-        copy = shutil.copytree if (REPO_ROOT / name).is_dir() else shutil.copy2
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        copy(REPO_ROOT / name, source / name)  # type: ignore[operator]
-    env = {name: value for name, value in os.environ.items() if name not in ("CMAKE_GENERATOR", "CUDACXX")}
-    # The command as written finds nvcc and python3 on PATH; CUDAARCHS (read by CMake itself) keeps it to one
-    # architecture so the test stays short.
-    env.update(PATH=os.pathsep.join([str(Path(sys.executable).parent), str(Path(nvcc).parent), env.get("PATH", "")]),
-               CUDAARCHS=CUDA_ARCH)
-    result = subprocess.run(["bash", "-c", README_BUILD_COMMAND], cwd=source, env=env, capture_output=True,
-                            text=True, check=False)
-    assert result.returncode == 0, f"{README_BUILD_COMMAND} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    assert (source / "build" / "Makefile").is_file(), "not built with the default (Makefiles) generator"
-    assert (source / "build" / plugins.TORCH_OP_LIBRARY_NAME).is_file()
 
 
 def test_missing_library_error_says_how_to_build(tmp_path, monkeypatch):

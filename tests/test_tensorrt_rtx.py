@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,13 @@ from levit_trt.backends.base import ModelSource
 from levit_trt.cli import main
 from levit_trt.export import ExportOptions
 from levit_trt.plugins import (
+    PLUGIN_DIR_ENV,
     PluginMismatchError,
     PluginNotBuiltError,
     attention_trt_plugin_library,
     check_attention_trt_plugin_library,
+    check_trt_plugin_library,
+    plugin_dir,
     trt_plugin_compiled_major,
     trt_plugin_library,
 )
@@ -74,8 +78,27 @@ def onnx_128s(cache_dir: Path, rtx: None) -> dict[str, Path]:
             "plugin": source.onnx_path(ExportOptions(softmax_plugin=True))}
 
 
-@pytest.fixture(scope="session")
-def plugin_library(rtx: None) -> Path:
+@pytest.fixture(scope="module")
+def rtx_plugin_dir(rtx: None, trt_plugins_built: Callable[[str], Path]) -> Iterator[Path]:
+    """Where this module's builds find the plugin libraries: the checkout's build/ where both are built
+    against TensorRT 11 headers (what RTX takes), else a build of the tests' own (conftest), so that CI
+    builds plugin engines without a build step of its own."""
+    try:
+        if all(check((11,), path) for check, path in ((check_trt_plugin_library, trt_plugin_library()),
+                                                      (check_attention_trt_plugin_library,
+                                                       attention_trt_plugin_library()))):
+            yield plugin_dir()
+            return
+    except (PluginNotBuiltError, PluginMismatchError):
+        pass
+    with pytest.MonkeyPatch.context() as patch:
+        built = trt_plugins_built("11.1")
+        patch.setenv(PLUGIN_DIR_ENV, str(built))
+        yield built
+
+
+@pytest.fixture(scope="module")
+def plugin_library(rtx_plugin_dir: Path) -> Path:
     try:
         library = trt_plugin_library()
     except PluginNotBuiltError as error:
@@ -308,8 +331,8 @@ def test_an_engine_is_refused_by_a_flavor_that_did_not_build_it(onnx_128s: dict[
 ATTENTION_CASES = [("128S", "fp32"), ("128S", "fp16"), ("384", "fp16")]  # 384: other heads and widths; one export
 
 
-@pytest.fixture(scope="session")
-def attention_library(rtx: None) -> Path:
+@pytest.fixture(scope="module")
+def attention_library(rtx_plugin_dir: Path) -> Path:
     try:
         library = attention_trt_plugin_library()
         check_attention_trt_plugin_library((11,), library, "TensorRT-RTX")
