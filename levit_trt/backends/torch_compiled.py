@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 import torch
 import torch._inductor
 
+from levit_trt import plugins
 from levit_trt.backends.base import Availability, Backend, ModelSource
-from levit_trt.backends.torch_eager import attention_op_built
 from levit_trt.timing import capture_cuda_graph
 
 
@@ -113,7 +113,7 @@ class TorchCompilePluginBackend(TorchCompileBackend):
 
     @classmethod
     def availability(cls, device: str) -> Availability:
-        return super().availability(device).requiring(attention_op_built)
+        return super().availability(device).requiring(plugins.load_attention_op)
 
 
 class TorchCudaGraphBackend(Backend):

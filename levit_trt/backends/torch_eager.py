@@ -12,21 +12,14 @@ from typing import Any, ClassVar
 
 import torch
 
+from levit_trt import plugins
 from levit_trt.backends.base import DEFAULT_PLUGIN, PLUGINS, Availability, Backend, ModelSource
 
 
-def attention_op_built() -> object:
-    """The loaded `levit_trt::attention` op; PluginNotBuiltError with the build command when it is not built."""
-    from levit_trt.plugins import load_attention_op  # type: ignore[attr-defined]  # the attention op's bindings
-
-    return load_attention_op()
-
-
 def plugin_library_check(plugin: str) -> Any:
-    """What `Availability.requiring` calls to find the library a plugin choice needs."""
-    from levit_trt.plugins import torch_op_library
-
-    return attention_op_built if plugin == "attention" else torch_op_library
+    """What `Availability.requiring` calls to find the library a plugin choice needs (the attention op is
+    loaded, so a library built for another torch shows too)."""
+    return plugins.load_attention_op if plugin == "attention" else plugins.torch_op_library
 
 
 class TorchEagerBackend(Backend):
