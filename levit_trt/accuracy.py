@@ -174,7 +174,7 @@ def append_results(path: Path, results: Iterable[AccuracyResult], machine: dict[
 
     path = Path(path)
     with file_lock(path.with_name(f".{path.name}.lock")):
-        document = load_accuracy_document(path) if path.exists() else {"machine": machine, "results": []}
+        document: dict[str, Any] = load_accuracy_document(path) if path.exists() else {"machine": machine, "results": []}
         document["results"].extend(r.to_json() for r in results)
         with atomic_output(path) as tmp:
             tmp.write_text(json.dumps(document, indent=2))

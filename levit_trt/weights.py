@@ -11,7 +11,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -312,7 +312,8 @@ def _check_measured(model: nn.Module, variant: Variant) -> None:
     expected = (levit.LevitDistilled.__name__, False, variant.depths, variant.num_heads, variant.embed_dims)
     found: tuple[object, ...] = (type(model).__name__, getattr(model, "use_conv", None))
     if found == expected[:2]:  # only then are the blocks timm's linear-mode ones
-        stages = list(model.stages)
+        net: Any = model  # timm's LeViT: its submodules' attributes are untyped
+        stages: list[Any] = list(net.stages)
         found += (tuple(len(stage.blocks) for stage in stages),
                   tuple(stage.blocks[0].attn.num_heads for stage in stages),
                   tuple(stage.blocks[0].attn.qkv.linear.in_features for stage in stages))
@@ -355,22 +356,26 @@ def make_realistic(model: nn.Module, variant: Variant, seed: int = 0, recipe: St
     from timm.models import levit
 
     _check_measured(model, variant)
+    net: Any = model  # timm's LeViT: its submodules' attributes are untyped
     generator = torch.Generator().manual_seed(seed)
 
     def uniform(shape: torch.Size, bounds: tuple[float, float]) -> torch.Tensor:
         low, high = bounds
         return low + (high - low) * torch.rand(shape, generator=generator)
 
-    stem = [model.stem.conv1, model.stem.conv2, model.stem.conv3, model.stem.conv4]
-    for conv in stem if recipe.stem_gradient is not None else ():
-        conv.linear.weight.copy_(_smooth_filters(conv.linear.weight.shape, recipe.stem_gradient, generator))
-    residual, trunk = set(), {conv.bn for conv in stem}
-    for module in model.modules():
-        if isinstance(module, levit.LevitBlock):
-            residual.update((module.attn.proj.ln.bn, module.mlp.ln2.bn))
-        elif isinstance(module, levit.LevitDownsample):
-            residual.add(module.mlp.ln2.bn)
-            trunk.add(module.attn_downsample.proj.ln.bn)
+    stem = [net.stem.conv1, net.stem.conv2, net.stem.conv3, net.stem.conv4]
+    if recipe.stem_gradient is not None:
+        for conv in stem:
+            conv.linear.weight.copy_(_smooth_filters(conv.linear.weight.shape, recipe.stem_gradient, generator))
+    residual: set[nn.Module] = set()
+    trunk: set[nn.Module] = {conv.bn for conv in stem}
+    blocks: list[Any] = [m for m in net.modules() if isinstance(m, levit.LevitBlock)]
+    downsamples: list[Any] = [m for m in net.modules() if isinstance(m, levit.LevitDownsample)]
+    for block in blocks:
+        residual.update((block.attn.proj.ln.bn, block.mlp.ln2.bn))
+    for downsample in downsamples:
+        residual.add(downsample.mlp.ln2.bn)
+        trunk.add(downsample.attn_downsample.proj.ln.bn)
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         bounds = (recipe.residual_norm if norm in residual else recipe.trunk_norm if norm in trunk
@@ -382,7 +387,7 @@ def make_realistic(model: nn.Module, variant: Variant, seed: int = 0, recipe: St
     for name, parameter in model.named_parameters():
         if name.endswith("attention_biases"):
             parameter.copy_(recipe.attention_bias_std * torch.randn(parameter.shape, generator=generator))
-    for head in (model.head, model.head_dist):
+    for head in (net.head, net.head_dist):
         head.bn.weight.fill_(1.0)
         head.bn.bias.zero_()
         head.linear.weight.copy_(_sparse_classifier(head.linear.weight.shape, recipe, generator))
