@@ -615,10 +615,25 @@ inline int warpsPerCtaFor(AttentionProblem const& problem, int tiles)
 
 constexpr int kMaxCachedDevices = 64;
 
-//! Raises `kernel`'s dynamic shared-memory limit to `bytes` once per device. Done on the first launch,
-//! which (as with every launch that a CUDA graph captures after a warm-up) is outside any capture.
+//! The most dynamic shared memory a block may have on the current device (opt-in), or 0 where unknown.
+inline int sharedBytesLimit()
+{
+    int device = 0;
+    int bytes = 0;
+    if (cudaGetDevice(&device) != cudaSuccess
+        || cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess)
+    {
+        return 0;
+    }
+    return bytes;
+}
+
+//! Raises `kernel`'s dynamic shared-memory limit once per device to `kBytes` (its 4-warp size) or, where
+//! the device allows less (the A10's and L4's 99 KB against 227 KB on Hopper), to the device's limit, so
+//! that launches that fit still run. Done on the first launch, which (as with every launch that a CUDA
+//! graph captures after a warm-up) is outside any capture.
 template <auto kKernel, int kBytes>
-cudaError_t allowSharedBytes()
+cudaError_t allowSharedBytes(int deviceLimit)
 {
     static std::atomic<uint64_t> raised{0};
     int device = 0;
@@ -632,7 +647,8 @@ cudaError_t allowSharedBytes()
     {
         return cudaSuccess;
     }
-    status = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+    int const bytes = deviceLimit > 0 && deviceLimit < kBytes ? deviceLimit : kBytes;
+    status = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (status == cudaSuccess)
     {
         raised.fetch_or(bit, std::memory_order_relaxed);
@@ -640,38 +656,46 @@ cudaError_t allowSharedBytes()
     return status;
 }
 
+//! Launches `kernel` with `bytes` of dynamic shared memory, after checking they fit this device.
+template <auto kKernel, int kMaxBytes>
+AttentionLaunchResult launchWithShared(AttentionProblem const& problem, dim3 grid, dim3 block, int bytes,
+    cudaStream_t stream)
+{
+    int const limit = sharedBytesLimit();
+    if (limit > 0 && bytes > limit)
+    {
+        return {AttentionStatus::kSharedMemoryExceeded, cudaSuccess};
+    }
+    cudaError_t const status = allowSharedBytes<kKernel, kMaxBytes>(limit);
+    if (status != cudaSuccess)
+    {
+        return {AttentionStatus::kLaunchFailed, status};
+    }
+    kKernel<<<grid, block, bytes, stream>>>(problem);
+    cudaError_t const launched = cudaGetLastError();
+    return {launched == cudaSuccess ? AttentionStatus::kSuccess : AttentionStatus::kLaunchFailed, launched};
+}
+
 template <int kKeyTiles, int kKeyDim, int kValueDim>
-cudaError_t launchFor(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
+AttentionLaunchResult launchFor(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
 {
     dim3 const block(static_cast<unsigned>(warps * 32));
-    cudaError_t status = cudaSuccess;
     if (problem.dtype == AttentionDType::kFloat16)
     {
         using Layout = HalfLayout<kKeyTiles, kKeyDim, kValueDim>;
-        constexpr auto kernel = attentionHalfKernel<kKeyTiles, kKeyDim, kValueDim>;
-        status = allowSharedBytes<kernel, Layout::bytes(kMaxWarpsPerCta, Layout::kKeysPadded)>();
-        if (status == cudaSuccess)
-        {
-            kernel<<<grid, block, Layout::bytes(warps, problem.keys), stream>>>(problem);
-        }
+        return launchWithShared<attentionHalfKernel<kKeyTiles, kKeyDim, kValueDim>,
+            Layout::bytes(kMaxWarpsPerCta, Layout::kKeysPadded)>(
+            problem, grid, block, Layout::bytes(warps, problem.keys), stream);
     }
-    else
-    {
-        using Layout = FloatLayout<kKeyTiles, kKeyDim, kValueDim>;
-        constexpr auto kernel = attentionFloatKernel<kKeyTiles, kKeyDim, kValueDim>;
-        status = allowSharedBytes<kernel, Layout::bytes(kMaxWarpsPerCta)>();
-        if (status == cudaSuccess)
-        {
-            kernel<<<grid, block, Layout::bytes(warps), stream>>>(problem);
-        }
-    }
-    return status == cudaSuccess ? cudaGetLastError() : status;
+    using Layout = FloatLayout<kKeyTiles, kKeyDim, kValueDim>;
+    return launchWithShared<attentionFloatKernel<kKeyTiles, kKeyDim, kValueDim>, Layout::bytes(kMaxWarpsPerCta)>(
+        problem, grid, block, Layout::bytes(warps), stream);
 }
 
 //! Key tiles the kernels are built for: 16, 64, 208 and 256 keys (LeViT's 16, 49 and 196, and 256
 //! for 256x256 inputs); a count takes the smallest that holds it, the rest masked.
 template <int kKeyDim, int kValueDim>
-cudaError_t launchForKeys(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
+AttentionLaunchResult launchForKeys(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
 {
     int const tiles = (problem.keys + 15) / 16;
     if (tiles <= 1)
@@ -690,7 +714,7 @@ cudaError_t launchForKeys(AttentionProblem const& problem, dim3 grid, int warps,
 }
 
 template <int kKeyDim>
-cudaError_t launchForValueDim(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
+AttentionLaunchResult launchForValueDim(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
 {
     switch (problem.valueDim)
     {
@@ -716,6 +740,10 @@ char const* attentionStatusText(AttentionStatus status) noexcept
                "strides must be multiples of 16 bytes";
     case AttentionStatus::kInvalidArgument: return "sizes must be non-negative and pointers non-null";
     case AttentionStatus::kLaunchFailed: return "the kernel launch failed";
+    case AttentionStatus::kSharedMemoryExceeded:
+        return "this shape needs more shared memory per block than this GPU allows (K and V of a head are "
+               "staged whole: fp32 with 196 or more keys and value heads of 128 needs more than the 99 KB of "
+               "compute capability 8.6 and 8.9)";
     }
     return "unknown status";
 }
@@ -765,14 +793,8 @@ AttentionLaunchResult attentionForward(AttentionProblem const& problem, cudaStre
     int const warps = warpsPerCta > 0 ? warpsPerCta : detail::warpsPerCtaFor(problem, tiles);
     dim3 const grid(static_cast<unsigned>((tiles + warps - 1) / warps), static_cast<unsigned>(problem.heads),
         static_cast<unsigned>(problem.batch));
-    cudaError_t const status = problem.keyDim == 16
-        ? detail::launchForValueDim<16>(problem, grid, warps, stream)
-        : detail::launchForValueDim<32>(problem, grid, warps, stream);
-    if (status != cudaSuccess)
-    {
-        return {AttentionStatus::kLaunchFailed, status};
-    }
-    return {AttentionStatus::kSuccess, cudaSuccess};
+    return problem.keyDim == 16 ? detail::launchForValueDim<16>(problem, grid, warps, stream)
+                                : detail::launchForValueDim<32>(problem, grid, warps, stream);
 }
 
 } // namespace levit_attention

@@ -28,6 +28,7 @@ enum class AttentionStatus : int32_t
     kMisaligned = 5,          //!< a q/k/v/out/bias pointer or token/head/batch stride not 16-byte aligned
     kInvalidArgument = 6,     //!< negative sizes or null pointers
     kLaunchFailed = 7,        //!< the CUDA launch itself failed; cudaStatus says why
+    kSharedMemoryExceeded = 8, //!< the launch needs more shared memory per block than the device allows
 };
 
 //! Most keys one (batch, head) may have: K and V of a head are staged whole in shared memory, and a

@@ -104,7 +104,6 @@ void attentionInto(at::Tensor const& qIn, at::Tensor const& kIn, at::Tensor cons
     double scale, at::Tensor& out, int64_t warpsPerCta)
 {
     checkSupported(qIn, kIn, vIn, biasIn);
-    TORCH_CHECK(qIn.is_cuda(), "levit_trt::attention: the CUDA kernel got q on ", qIn.device());
     TORCH_CHECK(kIn.device() == qIn.device() && vIn.device() == qIn.device() && biasIn.device() == qIn.device(),
         "levit_trt::attention: q, k, v and bias must be on one device; got ", qIn.device(), ", ", kIn.device(), ", ",
         vIn.device(), ", ", biasIn.device());
@@ -120,7 +119,8 @@ void attentionInto(at::Tensor const& qIn, at::Tensor const& kIn, at::Tensor cons
     at::Tensor const q = alignedOperand(qIn);
     at::Tensor const k = alignedOperand(kIn);
     at::Tensor const v = alignedOperand(vIn);
-    at::Tensor const bias = alignedOperand(biasIn);
+    // bias is read as one contiguous array (checked above): only its start must be on a 16-byte boundary.
+    at::Tensor const bias = reinterpret_cast<uintptr_t>(biasIn.const_data_ptr()) % 16 == 0 ? biasIn : biasIn.clone();
     for (at::Tensor const* input : {&q, &k, &v, &bias})
     {
         at::assert_no_partial_overlap(out, *input);
@@ -151,9 +151,18 @@ void attentionInto(at::Tensor const& qIn, at::Tensor const& kIn, at::Tensor cons
                                                         : std::string());
 }
 
+//! q's device, for the device guard, after checking it is a CUDA one (the dispatcher picks this kernel when
+//! any input is on CUDA, and a guard on a CPU device would fail with c10's text instead of ours).
+c10::Device cudaDeviceOf(at::Tensor const& q)
+{
+    TORCH_CHECK(q.is_cuda(), "levit_trt::attention: the CUDA kernel got q on ", q.device(),
+        "; q, k, v and bias must be on one CUDA device");
+    return q.device();
+}
+
 at::Tensor attention(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias, double scale)
 {
-    c10::cuda::CUDAGuard const deviceGuard(q.device());
+    c10::cuda::CUDAGuard const deviceGuard(cudaDeviceOf(q));
     checkSupported(q, k, v, bias);
     at::Tensor out = at::empty(outputShape(q, v), q.options());
     attentionInto(q, k, v, bias, scale, out, 0);
@@ -163,7 +172,7 @@ at::Tensor attention(at::Tensor const& q, at::Tensor const& k, at::Tensor const&
 at::Tensor& attentionOut(
     at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias, double scale, at::Tensor& out)
 {
-    c10::cuda::CUDAGuard const deviceGuard(q.device());
+    c10::cuda::CUDAGuard const deviceGuard(cudaDeviceOf(q));
     attentionInto(q, k, v, bias, scale, out, 0);
     return out;
 }
@@ -174,7 +183,7 @@ void attentionTuned(at::Tensor const& q, at::Tensor const& k, at::Tensor const& 
     TORCH_CHECK(warpsPerCta >= 0 && warpsPerCta <= 4,
         "levit_trt::attention_tuned: warps_per_cta must be 0 (the dispatcher's choice) to 4; got ",
         std::to_string(warpsPerCta));
-    c10::cuda::CUDAGuard const deviceGuard(q.device());
+    c10::cuda::CUDAGuard const deviceGuard(cudaDeviceOf(q));
     attentionInto(q, k, v, bias, scale, out, warpsPerCta);
 }
 
