@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -134,18 +134,26 @@ def _plugin_library_handle(path: Path) -> ctypes.CDLL:
         raise PluginMismatchError(f"cannot load {path}: {error}\n{build_instructions()}") from error
 
 
+def _library_function(library: Path, symbol: str) -> Any:
+    """`symbol` of the plugin library; PluginMismatchError where it lacks it (a stale or foreign library)."""
+    try:
+        return getattr(_plugin_library_handle(library), symbol)
+    except AttributeError:
+        raise PluginMismatchError(f"{library} has no symbol {symbol}: not a levit_trt plugin library of this "
+                                  f"source tree; rebuild it.\n{build_instructions()}") from None
+
+
 def _compiled_major(library: Path, symbol_prefix: str) -> int:
-    function = getattr(_plugin_library_handle(library), f"{symbol_prefix}_trt_compiled_major")
+    function = _library_function(library, f"{symbol_prefix}_trt_compiled_major")
     function.restype = ctypes.c_int32
     function.argtypes = []
     return int(function())
 
 
 def _compiled_identity(library: Path, symbol_prefix: str) -> PluginIdentity:
-    handle = _plugin_library_handle(library)
     values = []
     for part in ("name", "version", "namespace"):
-        function = getattr(handle, f"{symbol_prefix}_plugin_{part}")
+        function = _library_function(library, f"{symbol_prefix}_plugin_{part}")
         function.restype = ctypes.c_char_p
         function.argtypes = []
         values.append(function().decode())

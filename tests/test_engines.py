@@ -359,7 +359,7 @@ def test_exported_onnx_in_the_planned_form(major: int, precision: str, form: str
     source = FakeModelSource(tmp_path)
     builder = FakeBuilder(tensorrt_version=f"{major}.0.0")
     cached_engine(builder, ExportedOnnx(source), EngineOptions(precision=precision), cache)  # type: ignore[arg-type]
-    assert [(o.precision, o.softmax_plugin) for o in source.requests] == [(form, False)]
+    assert [(o.precision, o.softmax_plugin, o.attention_plugin) for o in source.requests] == [(form, False, False)]
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from levit_trt.plugins import (
     trt_plugin_compiled_major,
     trt_plugin_library,
 )
+from levit_trt.tensorrt.binding import wheel_cuda_major
 from levit_trt.tensorrt.builder import NetworkBuild, TensorRTBuilder
 from levit_trt.tensorrt.engine_cache import (
     ENGINE_KIND,
@@ -129,7 +130,7 @@ def test_rtx_builds_each_onnx_form_with_its_layer_report(onnx_128s: dict[str, Pa
     assert engine.stat().st_size > 1 << 20  # weights alone are MiBs
     report = read_layer_report(layer_report_path(engine))
     ours = report[REPORT_KEY]
-    assert ours["manifest"]["flavor"] == "rtx" and ours["manifest"]["tensorrt_cuda"] == "13"
+    assert ours["manifest"]["flavor"] == "rtx" and ours["manifest"]["tensorrt_cuda"] == wheel_cuda_major("rtx")
     summary = ours["precision_summary"]
     assert summary[expected] > 0
     # strongly typed: the ONNX alone decides; no layer in a precision the ONNX does not have

@@ -7,7 +7,8 @@ from typing import Any
 
 from levit_trt.backends.base import Availability, Backend, ModelSource
 
-# name -> "module:Class"; each module imports its heavy library (tensorrt, onnxruntime) itself.
+# name -> "module:Class", imported on first use, so a missing heavy library (onnxruntime; TensorRT, which only
+# levit_trt.tensorrt.binding imports) affects only its own backends.
 BACKENDS: dict[str, str] = {
     "torch": "levit_trt.backends.torch_eager:TorchEagerBackend",
     "torch-sdpa": "levit_trt.backends.torch_eager:TorchSdpaBackend",

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, cast
 
 import torch
 
-from levit_trt.backends.base import DEFAULT_PLUGIN, PLUGINS, Availability, Backend, ModelSource, UnsupportedCombination
+from levit_trt.backends.base import DEFAULT_PLUGIN, PLUGINS, Availability, Backend, ModelSource, NoEngineForPlugin
 from levit_trt.tensorrt.binding import TensorRTNotInstalled, tensorrt_version
 from levit_trt.tensorrt.builder import TensorRTBuilder
 from levit_trt.tensorrt.devices import current_gpu
@@ -55,7 +55,7 @@ class TensorRTBackend(Backend):
         if self.plugin is not None:
             self.check_plugin(self.plugin)
         if self.plugin == "attention" and precision == "int8":
-            raise UnsupportedCombination(
+            raise NoEngineForPlugin(
                 f"backend {self.name!r} with the fused attention plugin has no INT8 engine (the plugin takes fp32 or "
                 "fp16 and has no place in a Q/DQ graph); use the softmax plugin for INT8 (--plugin softmax)")
         super().__init__(precision, device)
@@ -123,7 +123,7 @@ class PluginEngineBackend(TensorRTBackend):
 
     @classmethod
     def availability_for(cls, device: str, **options: Any) -> Availability:
-        plugin = options.get("plugin", DEFAULT_PLUGIN)
+        plugin = options.get("plugin") or DEFAULT_PLUGIN  # None: the default, as the constructor takes it
         cls.check_plugin(plugin)
         return super().availability(device).requiring(plugin_library(plugin).locate)
 

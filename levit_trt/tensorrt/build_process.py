@@ -66,6 +66,11 @@ def _job_json(job: BuildJob) -> dict[str, Any]:
             "plugin_libraries": [str(path) for path in job.plugin_libraries]}
 
 
+# LeViT builds took 1-2 s each on 2 cores (../shared/notes/tensorrt-rtx.md): an hour means a hung parser.
+BUILD_TIMEOUT_SECONDS = 3600
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+
+
 def build_in_child(job: BuildJob, cache_dir: Path) -> NetworkBuild:
     """Build `job` with TensorRT-RTX in a child process; its errors come back as exceptions of the same kind, and a
     child killed by a signal as a RuntimeError naming the ONNX file."""
@@ -80,8 +85,15 @@ def build_in_child(job: BuildJob, cache_dir: Path) -> NetworkBuild:
         environment = dict(os.environ)
         environment["LD_LIBRARY_PATH"] = os.pathsep.join(
             [str(link_dir), *filter(None, [os.environ.get("LD_LIBRARY_PATH")])])
-        result = subprocess.run([sys.executable, "-m", __name__, str(work)], env=environment, capture_output=True,
-                                text=True, check=False)
+        # The child imports the levit_trt this process runs, wherever that came from.
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [str(PACKAGE_PARENT), *filter(None, [os.environ.get("PYTHONPATH")])])
+        try:
+            result = subprocess.run([sys.executable, "-m", __name__, str(work)], env=environment, capture_output=True,
+                                    text=True, check=False, timeout=BUILD_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"the TensorRT-RTX build of {job.onnx_path} did not finish in {BUILD_TIMEOUT_SECONDS} s "
+                               "(the child was stopped)") from None
         sys.stderr.write(result.stderr)
         if result.returncode < 0:
             name = signal.Signals(-result.returncode).name

@@ -72,7 +72,7 @@ QuantizeFn = Callable[[Path, "CalibrationSet", "PrecisionPolicy", Path], Path]
 
 
 def _cached_qdq_onnx(fp32_onnx: Path, calibration: CalibrationSet, policy: PrecisionPolicy, cache_dir: Path) -> Path:
-    """`levit_trt.quantize.cached_qdq_onnx`, imported on first use (quantize imports this module)."""
+    """`levit_trt.quantize.cached_qdq_onnx`, imported when a Q/DQ ONNX is first needed (an INT8 build's path only)."""
     from levit_trt.quantize import cached_qdq_onnx
 
     return cached_qdq_onnx(fp32_onnx, calibration, policy, cache_dir)

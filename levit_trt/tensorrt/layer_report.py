@@ -26,6 +26,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from levit_trt.export import QDQ_OP_TYPES
+
 if TYPE_CHECKING:
     import onnx
 
@@ -51,7 +53,6 @@ _LOG_LAYER_PATTERN = re.compile(
     r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[(?P<inputs>.*?)\], Constants: \[.*?\], "
     r"Outputs: \[(?P<outputs>.*?)\], TacticName: (?P<tactic>[^,]*),.*?Metadata: (?P<metadata>.*)$")
 _LOG_DATATYPE_PATTERN = re.compile(r"Datatype: (\w+)")
-_QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
 _MATMUL_OP_TYPES = ("MatMul", "Gemm")
 # LayerType words of a GEMM layer: "gemm" is what TensorRT-RTX 1.7.1 logs for one (measured); MatrixMultiply is the
 # network layer type TensorRT gives an ONNX MatMul.
@@ -145,7 +146,7 @@ def int8_layers_by_op_type(layers_json: str | Mapping[str, Any], node_op_types: 
     for layer in _layers(layers_json):
         if isinstance(layer, Mapping) and layer_precision(layer) == "int8":
             op_types = {node_op_types.get(node, UNKNOWN) for node in onnx_node_names(str(layer.get("Metadata", "")))}
-            counts.update(op_types - set(_QDQ_OP_TYPES))
+            counts.update(op_types - set(QDQ_OP_TYPES))
     return dict(sorted(counts.items()))
 
 

@@ -103,7 +103,6 @@ class EngineOptions:
             raise bad("flavor", f"must be one of {', '.join(FLAVORS)}, got {self.flavor!r}")
         if isinstance(self.compute_capabilities, str) or not all(isinstance(c, str) for c in self.compute_capabilities):
             raise bad("compute_capabilities", f"must be a tuple of strings such as '86', got {self.compute_capabilities!r}")
-        object.__setattr__(self, "compute_capabilities", tuple(self.compute_capabilities))
         if self.compute_capabilities and self.flavor != "rtx":
             raise bad("compute_capabilities", "target compute capabilities are a TensorRT-RTX choice; use flavor='rtx' "
                                               "(TensorRT builds for the GPU it runs on)")
@@ -111,6 +110,8 @@ class EngineOptions:
         if unknown:
             raise bad("compute_capabilities", f"TensorRT-RTX has no target {', '.join(unknown)}; valid targets: "
                                               f"{', '.join(RTX_TARGETS)}")
+        # One order and no repeats, so that the cache key and the build see the same targets.
+        object.__setattr__(self, "compute_capabilities", tuple(sorted(set(self.compute_capabilities), key=int)))
         if self.precision not in ENGINE_PRECISIONS:
             raise bad("precision", f"must be one of {', '.join(ENGINE_PRECISIONS)}, got {self.precision!r}")
         for name in ("min_batch", "opt_batch", "max_batch", "calib_images", "calib_batch"):
@@ -158,7 +159,7 @@ class EngineOptions:
         """
         fields = dataclasses.asdict(self)
         del fields["timing_cache"], fields["calib_dir"], fields["calib_images"]
-        fields["compute_capabilities"] = sorted(set(self.compute_capabilities), key=int)
+        fields["compute_capabilities"] = list(self.compute_capabilities)
         if self.precision == "int8":
             fields["float_op_types"] = sorted(self.float_op_types)
             fields["float_nodes"] = sorted(self.float_nodes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,7 +122,7 @@ class EngineRunner:
         config = rtx_engine.create_runtime_config()
         cache = config.create_runtime_cache()
         if self.runtime_cache_path.is_file() and not cache.deserialize(self.runtime_cache_path.read_bytes()):
-            print(f"levit_trt: ignoring unreadable RTX runtime cache {self.runtime_cache_path}")
+            print(f"levit_trt: ignoring unreadable RTX runtime cache {self.runtime_cache_path}", file=sys.stderr)
         config.set_runtime_cache(cache)
         self._runtime_cache = cache
         context: trt.IExecutionContext | None = rtx_engine.create_execution_context(config)
