@@ -23,7 +23,6 @@ from levit_trt.backends.base import (
     Backend,
     BackendUnavailable,
     ModelSource,
-    UnsupportedCombination,
     set_tf32,
 )
 from levit_trt.backends.registry import BACKENDS
@@ -243,7 +242,7 @@ def backend_for(model_source: Callable[[Variant | str], ModelSource]) -> Callabl
             try:
                 built[key] = create_backend(case.backend, model_source(case.variant), case.precision,
                                             case.device, **options)
-            except (BackendUnavailable, UnsupportedCombination) as error:  # e.g. int8 with the attention plugin
+            except BackendUnavailable as error:  # NoEngineForPlugin too: int8 with the attention plugin
                 built[key] = str(error)
         backend = built[key]
         if isinstance(backend, str):

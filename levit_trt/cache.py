@@ -220,6 +220,9 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     for candidate in path.parent.glob(glob.escape(prefix) + "*"):
         owner = _OWNED_TEMPORARY.fullmatch(candidate.name[len(prefix):])
         if owner and owner.group(2) == socket.gethostname() and not _process_alive(int(owner.group(1))):
-            candidate.unlink(missing_ok=True)
+            try:
+                candidate.unlink(missing_ok=True)
+            except OSError:  # another user's leftover: the write that called this has succeeded all the same
+                continue
             removed.append(candidate)
     return removed

@@ -327,7 +327,10 @@ def _profile(args: argparse.Namespace) -> int:
                            "(torch.cuda.is_available() is False); --device cpu profiles CPU op times instead")
     variant = resolve_variant(args.variant)
     set_tf32(args.tf32)
-    options = {"plugin": args.plugin} if args.plugin and backend_class(args.backend).plugin_choices else {}
+    options = {}
+    if args.plugin:
+        backend_class(args.backend).check_plugin(args.plugin)  # a backend without that choice says so
+        options["plugin"] = args.plugin
     source = ModelSource(variant, parse_weights(args.weights), ensure_cache_dir(args.cache_dir))
     backend = create_backend(args.backend, source, args.precision, args.device, **options)
     images = backend.prepare_input(synthetic_images(args.batch, variant.input_size, seed=args.batch))

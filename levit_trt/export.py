@@ -177,7 +177,11 @@ def onnx_manifest(variant: Variant, weights: WeightsSpec, options: ExportOptions
     import onnx
 
     from levit_trt.onnx_rewrites import REWRITE_VERSION
+    from levit_trt.plugins import attention_plugin_identity, softmax_plugin_identity
 
+    # The rewrite writes the plugin's identity into its nodes, so a changed identity header is another file.
+    identity = (attention_plugin_identity() if options.attention_plugin
+                else softmax_plugin_identity() if options.softmax_plugin else None)
     return {
         "artifact": "onnx",
         "recipe": EXPORT_RECIPE_VERSION,
@@ -185,6 +189,7 @@ def onnx_manifest(variant: Variant, weights: WeightsSpec, options: ExportOptions
         "weights": weights.cache_token(variant),
         "options": dataclasses.asdict(options),
         "rewrite": REWRITE_VERSION if options.uses_plugin else None,
+        "plugin_identity": dataclasses.asdict(identity) if identity is not None else None,
         "torch": torch.__version__,
         "onnx": onnx.__version__,
     }

@@ -333,7 +333,7 @@ def make_realistic(model: nn.Module, variant: Variant, seed: int = 0, recipe: St
     is chaotic, so fp32 and float64 disagree and any backend's rounding flips classes (measured with
     the earlier recipe, branch norms of 0.1-0.4 and attention biases of std 6: 1e-2 input noise gave
     logit cosines down to 0.78 on LeViT-128S and 0.73 on LeViT-384). This recipe is smooth the way a
-    trained network is, for three reasons, each measured (tools/stand_in_weights_table.py):
+    trained network is, for four reasons, each measured (tools/stand_in_weights_table.py):
     - residual branches end in a norm of scale 0.04-0.1 against a trunk of about unit scale, so no
       block can amplify what the blocks before it computed (during the search, with other norms at
       0.5-1.5, branch scales of 0.05-0.15 gave LeViT-256 a worst fp32-vs-float64 error of 1.3e-4

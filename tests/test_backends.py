@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from levit_trt.backends.base import BackendUnavailable, ModelSource, UnsupportedCombination
+from levit_trt.backends.base import BackendUnavailable, ModelSource, NoEngineForPlugin, UnsupportedCombination
 from levit_trt.backends.registry import BACKENDS, UnknownBackendError, backend_class, create_backend, parse_backends
 from levit_trt.variants import resolve_variant
 from levit_trt.weights import parse_weights, synthetic_images
@@ -81,7 +81,7 @@ def test_plugin_choice_is_checked_and_named(source: ModelSource) -> None:
         backend_class("torch-sdpa").check_plugin("softmax")
 
 
-def test_compiled_sdpa_backend_compiles_the_sdpa_model(source: ModelSource) -> None:
+def test_compiled_sdpa_backend_is_built_from_the_sdpa_model(source: ModelSource) -> None:
     from levit_trt.models import attention_forms
 
     backend = create_backend("torch-compile-sdpa", source, "fp32", "cpu")  # torch.compile is lazy: no compile here
@@ -100,7 +100,7 @@ def test_case_ids_name_the_plugin_of_plugin_backends() -> None:
 
 @pytest.mark.parametrize("backend", ["tensorrt-plugin", "tensorrt-rtx-plugin"])
 def test_int8_with_the_attention_plugin_is_refused_before_any_build(source: ModelSource, backend: str) -> None:
-    """The fused attention plugin has no INT8 form: the backend says so (the suites skip on it) and
-    names the softmax plugin, before touching TensorRT, so the check holds on any machine."""
-    with pytest.raises(UnsupportedCombination, match="--plugin softmax"):
+    """The fused attention plugin has no INT8 form: the backend says so (NoEngineForPlugin, on which the
+    suites skip) and names the softmax plugin, before touching TensorRT, so the check holds on any machine."""
+    with pytest.raises(NoEngineForPlugin, match="--plugin softmax"):
         backend_class(backend)(source, precision="int8", device="cuda", plugin="attention")

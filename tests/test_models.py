@@ -128,8 +128,8 @@ def contract_attention(calls: list[dict[str, object]]):
 
 def test_fused_form_passes_the_projection_views(timm_model: nn.Module, monkeypatch) -> None:
     calls: list[dict[str, object]] = []
-    monkeypatch.setattr(plugins, "load_attention_op", lambda: None, raising=False)
-    monkeypatch.setattr(plugins, "plugin_attention", contract_attention(calls), raising=False)
+    monkeypatch.setattr(plugins, "load_attention_op", lambda: None)
+    monkeypatch.setattr(plugins, "plugin_attention", contract_attention(calls))
     prepared = prepare_model(copy.deepcopy(timm_model), attention="fused")
     images = synthetic_images(2, seed=24)
     reference = float64_reference(prepared, images)
@@ -164,9 +164,6 @@ def test_unknown_attention_form_is_refused(timm_model: nn.Module) -> None:
 
 
 def test_fused_form_without_the_op_says_how_to_build_it(timm_model: nn.Module, monkeypatch, tmp_path) -> None:
-    load = getattr(plugins, "load_attention_op", None)
-    if load is None:
-        pytest.skip("levit_trt.plugins has no load_attention_op yet (the attention op's bindings are not merged)")
     if hasattr(torch.ops.levit_trt, "attention"):
         pytest.skip("the attention op is loaded in this process already")
     monkeypatch.setenv(plugins.PLUGIN_DIR_ENV, str(tmp_path))  # an empty plugin directory

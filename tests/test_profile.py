@@ -126,3 +126,10 @@ def test_profile_command_on_cpu(tmp_path, capsys) -> None:
 def test_profile_on_cuda_without_gpu_says_it_needs_one(capsys) -> None:
     assert main(["profile", "--weights", "random", "--device", "cuda"]) == 2
     assert "needs a GPU" in capsys.readouterr().err
+
+
+def test_profile_refuses_a_plugin_the_backend_has_not(tmp_path, capsys) -> None:
+    """`--plugin` on a backend without that choice is an error, not silently a profile of something else."""
+    assert main(["profile", "--variant", "128S", "--weights", "random", "--backend", "torch", "--plugin", "softmax",
+                 "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "has no plugin 'softmax'" in capsys.readouterr().err

@@ -41,6 +41,11 @@ class UnsupportedCombination(ValueError):
     """A precision/device/option the backend does not support; an error, never a skip."""
 
 
+class NoEngineForPlugin(BackendUnavailable):
+    """A plugin choice with no engine in this precision (INT8 with the fused attention plugin): a valid
+    request that this backend cannot build, so the suites skip it with the reason."""
+
+
 @dataclass(frozen=True)
 class Availability:
     available: bool
@@ -129,7 +134,7 @@ class Backend(ABC):
 
     @classmethod
     def check_plugin(cls, plugin: str) -> None:
-        """ValueError unless `plugin` is one of this backend's plugin choices."""
+        """UnsupportedCombination unless `plugin` is one of this backend's plugin choices."""
         if plugin not in cls.plugin_choices:
             raise UnsupportedCombination(f"backend {cls.name!r} has no plugin {plugin!r}; choose one of "
                                          f"{', '.join(cls.plugin_choices) or '(none)'}")
