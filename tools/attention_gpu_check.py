@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from softmax_gpu_check import copy_bandwidth_gbs, times_per_call_us
+from softmax_gpu_check import copy_bandwidth_gbs, device_summary, report_correctness, times_per_call_us
 
 from levit_trt import plugins
 from levit_trt.attention_reference import model_inputs, reference_attention, relative_error
@@ -211,19 +211,10 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 products stay fp32, as in the model's fp32 runs
     plugins.load_attention_op()
     op = torch.ops.levit_trt.attention
-    properties = torch.cuda.get_device_properties(0)
-    device = {"name": properties.name, "sms": properties.multi_processor_count,
-              "l2_mb": properties.L2_cache_size / 1e6, "torch": torch.__version__}
-    print(f"device: {device}")
+    device = device_summary()
 
     correctness = check_correctness(op, SANITIZER_BATCHES if args.correctness_only else CORRECTNESS_BATCHES)
-    failures = [r for r in correctness if not r.passed]
-    worst = {d: max(r.relative_error for r in correctness if r.dtype == d) for d in {r.dtype for r in correctness}}
-    print(f"correctness: {len(correctness) - len(failures)}/{len(correctness)} passed; worst relative error "
-          + ", ".join(f"{d} {e:.3g}" for d, e in sorted(worst.items())))
-    for failure in failures:
-        print(f"  FAILED {failure.shape} batch {failure.batch} {failure.dtype} bias x{failure.bias_scale}: "
-              f"error {failure.relative_error:.3g}, all written {failure.all_written}")
+    failures = report_correctness(correctness, lambda r: f"{r.shape} batch {r.batch} {r.dtype} bias x{r.bias_scale}")
     if args.correctness_only or failures:
         return 1 if failures else 0
 

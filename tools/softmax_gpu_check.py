@@ -37,6 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -150,6 +151,28 @@ def check_correctness(op) -> list[CorrectnessResult]:
         results.append(CorrectnessResult(shape, str(dtype), f"{kind} {kernel}", error, written,
                                          written and error <= TOLERANCE[dtype]))
     return results
+
+
+def device_summary() -> dict[str, object]:
+    """The GPU these numbers come from, printed and returned for the JSON."""
+    properties = torch.cuda.get_device_properties(0)
+    device = {"name": properties.name, "sms": properties.multi_processor_count,
+              "l2_mb": properties.L2_cache_size / 1e6, "torch": torch.__version__}
+    print(f"device: {device}")
+    return device
+
+
+def report_correctness(results: list, describe: Callable[[Any], str]) -> list:
+    """Print how many checks passed, the worst error per dtype and each failure (`describe`); return the failures.
+
+    `results` are the check tools' CorrectnessResult rows: each has dtype, relative_error and passed."""
+    failures = [r for r in results if not r.passed]
+    worst = {d: max(r.relative_error for r in results if r.dtype == d) for d in {r.dtype for r in results}}
+    print(f"correctness: {len(results) - len(failures)}/{len(results)} passed; worst relative error "
+          + ", ".join(f"{d} {e:.3g}" for d, e in sorted(worst.items())))
+    for failure in failures:
+        print(f"  FAILED {describe(failure)}: error {failure.relative_error:.3g}, all written {failure.all_written}")
+    return failures
 
 
 def copy_bandwidth_gbs() -> float:
@@ -273,19 +296,10 @@ def main() -> int:
         print("no CUDA device", file=sys.stderr)
         return 2
     op = plugins.load_torch_op()
-    properties = torch.cuda.get_device_properties(0)
-    device = {"name": properties.name, "sms": properties.multi_processor_count,
-              "l2_mb": properties.L2_cache_size / 1e6, "torch": torch.__version__}
-    print(f"device: {device}")
+    device = device_summary()
 
     correctness = check_correctness(op)
-    failures = [r for r in correctness if not r.passed]
-    worst = {d: max(r.relative_error for r in correctness if r.dtype == d) for d in {r.dtype for r in correctness}}
-    print(f"correctness: {len(correctness) - len(failures)}/{len(correctness)} passed; worst relative error "
-          + ", ".join(f"{d} {e:.3g}" for d, e in sorted(worst.items())))
-    for failure in failures:
-        print(f"  FAILED {failure.shape} {failure.dtype} {failure.inputs}: error {failure.relative_error:.3g}, "
-              f"all written {failure.all_written}")
+    failures = report_correctness(correctness, lambda r: f"{r.shape} {r.dtype} {r.inputs}")
     if args.correctness_only:
         return 1 if failures else 0
 
