@@ -169,7 +169,8 @@ def _is_foldable_norm(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def prepare_model(model: nn.Module, softmax: str = "native", attention: str = "explicit") -> nn.Module:
-    """Fold every batch norm, fix the attention biases and install the attention form, in place (eval mode)."""
+    """Fold every batch norm, fix the attention biases, make the token stream contiguous (channels-last
+    stem) and install the attention form, in place (eval mode)."""
     check_attention_impl(attention, softmax)
     model.eval()
     for parent in list(model.modules()):
@@ -180,6 +181,11 @@ def prepare_model(model: nn.Module, softmax: str = "native", attention: str = "e
         for name, child in list(parent.named_children()):
             if _is_attention(child):
                 setattr(parent, name, PreparedAttention(child, native_softmax))
+    # timm turns the stem's [B, C, H, W] output into tokens with flatten(2).transpose(1, 2): from NCHW
+    # memory a strided view, which every residual add and projection of stage 1 inherits (non-vectorised
+    # adds and layout copies on the GPU). Stem weights in channels-last memory make its convolutions
+    # write NHWC (cuDNN's native layout, without its own conversions), from which the tokens are contiguous.
+    cast(nn.Module, model.stem).to(memory_format=torch.channels_last)
     leftover = [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover:
         raise RuntimeError(f"batch norms left unfolded in the prepared model: {leftover[:3]}")

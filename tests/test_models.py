@@ -46,6 +46,22 @@ def test_prepared_model_has_no_batch_norm_and_fixed_biases(timm_model: nn.Module
     assert all("attention_bias" in dict(m.named_buffers()) for m in attention)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_token_stream_is_contiguous(timm_model: nn.Module, dtype: torch.dtype) -> None:
+    # timm's flatten(2).transpose(1, 2) of an NCHW stem output is a strided view, and stage 1's residual
+    # adds and projections would all run on transposed memory; the channels-last stem prevents that.
+    prepared = prepare_model(copy.deepcopy(timm_model)).to(dtype)
+    inputs: list[torch.Tensor] = []
+    for block in prepared.modules():
+        if type(block).__name__ in {"LevitBlock", "LevitDownsample"}:
+            block.register_forward_hook(lambda _module, args, _out: inputs.append(args[0]))
+    with torch.no_grad():
+        prepared(synthetic_images(2, seed=23).to(dtype))
+    assert len(inputs) == 2 + 3 + 4 + 2
+    strided = [tuple(t.stride()) for t in inputs if not t.is_contiguous()]
+    assert not strided, f"block inputs in strided memory: {strided}"
+
+
 def test_random_weights_are_not_degenerate(timm_model: nn.Module) -> None:
     """Logits must depend on the image, or parity tests on them prove nothing."""
     images = synthetic_images(16, seed=22)
