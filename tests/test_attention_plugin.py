@@ -45,10 +45,10 @@ def poisoned_output(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.full((q.shape[0], q.shape[1], q.shape[2] * v.shape[3]), float("nan"), device="cuda", dtype=q.dtype)
 
 
-def attention_into_poisoned(q, k, v, bias, scale, warps: int = 0) -> torch.Tensor:
+def attention_into_poisoned(q, k, v, bias, scale, warps: int = 0, columns: int = 0) -> torch.Tensor:
     out = poisoned_output(q, v)
-    if warps:
-        torch.ops.levit_trt.attention_tuned(q, k, v, bias, scale, out, warps)
+    if warps or columns:
+        torch.ops.levit_trt.attention_tuned(q, k, v, bias, scale, out, warps, columns)
     else:
         returned = torch.ops.levit_trt.attention(q, k, v, bias, scale, out=out)
         assert returned.data_ptr() == out.data_ptr()
@@ -108,6 +108,27 @@ def test_forced_cta_sizes_compute_the_same(attention_op, generator, dtype, warps
         q, k, v, bias = model_inputs(shape, 5, dtype, generator)
         out = attention_into_poisoned(q, k, v, bias, shape.scale, warps=warps)
         check(out, q, k, v, bias, shape.scale, generator, f"{shape.variant} {shape.layer} warps {warps}")
+
+
+@pytest.mark.parametrize("columns", [32, 64, 128])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_forced_value_column_slices_compute_the_same(attention_op, generator, dtype, columns):
+    # A value head split over CTAs of `columns` each: every slice must land in its own columns of
+    # the output (a slice written at the head's start, or a row stride of the slice's width, leaves
+    # NaN poison or the wrong values), with one and with four warps per CTA.
+    for shape in (s for s in LEVIT_ATTENTION_SHAPES if s.value_dim >= columns):
+        for warps in (1, 4):
+            q, k, v, bias = model_inputs(shape, 3, dtype, generator)
+            out = attention_into_poisoned(q, k, v, bias, shape.scale, warps=warps, columns=columns)
+            check(out, q, k, v, bias, shape.scale, generator,
+                  f"{shape.variant} {shape.layer} columns {columns} warps {warps}")
+
+
+def test_value_columns_wider_than_the_head_are_refused(attention_op, generator):
+    shape = next(s for s in LEVIT_ATTENTION_SHAPES if s.value_dim == 64)
+    q, k, v, bias = model_inputs(shape, 1, torch.float16, generator)
+    with pytest.raises(RuntimeError, match="value_columns must be 0"):
+        attention_into_poisoned(q, k, v, bias, shape.scale, columns=128)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -2,7 +2,7 @@
 
 Run from the repository root after building the op (cmake -S . -B build && cmake --build build):
 
-    python3 tools/attention_gpu_check.py [--correctness-only] [--rounds N] [--calls N]
+    python3 tools/attention_gpu_check.py [--correctness-only] [--sweep] [--rounds N] [--calls N]
 
 1. Correctness: every LeViT attention shape (levit_trt.attention_shapes), fp16 and fp32, batches 1
    and 3, also with biases of magnitude ~30; q, k, v as the strided views the projections give;
@@ -23,7 +23,12 @@ Run from the repository root after building the op (cmake -S . -B build && cmake
    targets (fp16, batches 16 and 64): >= 2x SDPA and >= 4x explicit where there are 196 keys,
    >= 1.5x the faster of the two elsewhere, never slower than either (batch 1 included).
 
-Writes $OUT/attention.json when OUT is set. Exits 1 if any correctness check fails.
+4. --sweep: at every fp16 shape and timing batch, the launch shapes `levit_trt::attention_tuned`
+   can force (warps per CTA 1, 2, 4; value columns per CTA 32, 64, 128 up to the head's width) and the
+   dispatcher's choice, in one interleaved run per row, for choosing the dispatcher's rules.
+
+Writes $OUT/attention.json (and attention-sweep.json) when OUT is set. Exits 1 if any correctness
+check fails.
 """
 
 from __future__ import annotations
@@ -174,6 +179,22 @@ def measure(shape: AttentionShape, names: list[str], batch: int, dtype: torch.dt
                        moved / (copy_gbs * 1e9) * 1e6, flops / (tflops * 1e12) * 1e6, target, met)
 
 
+def sweep_launch_shapes(shape: AttentionShape, batch: int, args) -> dict[str, object]:
+    """Per-call times of every forced (warps, value columns) launch and the dispatcher's (`auto`), fp16."""
+    q, k, v, bias = model_inputs(shape, batch, torch.float16)
+    out = torch.empty((batch, shape.queries, shape.heads * shape.value_dim), device="cuda", dtype=torch.float16)
+    tuned = torch.ops.levit_trt.attention_tuned
+    fns = {"auto": partial(tuned, q, k, v, bias, shape.scale, out, 0, 0)}
+    for warps in (1, 2, 4):
+        for columns in (c for c in (32, 64, 128) if c <= shape.value_dim):
+            fns[f"w{warps}-c{columns}"] = partial(tuned, q, k, v, bias, shape.scale, out, warps, columns)
+    times = times_per_call_us(fns, args.rounds, args.calls)
+    medians = {name: t["median_us"] for name, t in times.items()}
+    best = min((n for n in medians if n != "auto"), key=medians.__getitem__)
+    return {"shape": label(shape), "batch": batch, "median_us": medians, "best": best,
+            "auto_vs_best": medians["auto"] / medians[best]}
+
+
 def distinct_shapes() -> dict[AttentionShape, list[str]]:
     """Each distinct kernel shape once, with the (variant, layer) pairs that have it."""
     shapes: dict[AttentionShape, list[str]] = {}
@@ -202,6 +223,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30, help="timed graph replays per measurement")
     parser.add_argument("--calls", type=int, default=20, help="calls captured per graph")
+    parser.add_argument("--sweep", action="store_true", help="also time every forced launch shape (fp16)")
     parser.add_argument("--correctness-only", action="store_true",
                         help="only the correctness checks (small and quick: for compute-sanitizer)")
     args = parser.parse_args()
@@ -231,6 +253,17 @@ def main() -> int:
                 print(f"  {result.shape} B{batch} {result.dtype}: plugin {result.plugin_us:.2f} sdpa "
                       f"{result.sdpa_us:.2f} explicit {result.explicit_us:.2f} us", flush=True)
     print_table(speed)
+    sweep = []
+    if args.sweep:
+        print("\nlaunch-shape sweep, fp16 (us per call; auto = the dispatcher's choice)")
+        for shape in distinct_shapes():
+            for batch in TIMING_BATCHES:
+                row = sweep_launch_shapes(shape, batch, args)
+                sweep.append(row)
+                medians = row["median_us"]
+                print(f"  {row['shape']:>30} B{batch:<3} auto {medians['auto']:7.2f}  best {row['best']} "
+                      f"{medians[row['best']]:7.2f}  auto/best {row['auto_vs_best']:.3f}  "
+                      + " ".join(f"{n}={t:.2f}" for n, t in medians.items() if n != "auto"), flush=True)
 
     if os.environ.get("OUT"):
         path = Path(os.environ["OUT"]) / "attention.json"
@@ -240,6 +273,8 @@ def main() -> int:
             "speed": [{**asdict(r), "vs_sdpa": r.vs_sdpa, "vs_explicit": r.vs_explicit} for r in speed],
         }, indent=1))
         print(f"wrote {path}")
+        if sweep:
+            (Path(os.environ["OUT"]) / "attention-sweep.json").write_text(json.dumps(sweep, indent=1))
     return 0
 
 

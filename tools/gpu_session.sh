@@ -13,6 +13,7 @@
 # tool brings back only a few files, session.tar.gz holding every JSON and table the stages wrote
 # (softmax.json, attention.json, profile-*.json/.txt, end_to_end.json, latency.json/.md).
 # STAGE_TIMEOUT (seconds, default 300) caps each stage.
+# ATTENTION_ARGS: more tools/attention_gpu_check.py arguments (e.g. --sweep).
 # TEST_ARGS: pytest arguments of the tests stage (default "-m gpu -n 8": the GPU tests, in xdist
 # workers so that a test that crashes its process fails alone). PROFILE_VARIANT (384),
 # PROFILE_BACKENDS (torch,torch-sdpa,torch-plugin), PROFILE_BATCH (16). E2E_VARIANTS (all),
@@ -87,7 +88,8 @@ for stage in $stages; do
         run_stage softmax python3 tools/softmax_gpu_check.py --sweep
         ;;
     attention)
-        run_stage attention python3 tools/attention_gpu_check.py
+        # shellcheck disable=SC2086
+        run_stage attention python3 tools/attention_gpu_check.py ${ATTENTION_ARGS:-}
         ;;
     profile)
         run_stage profile profile

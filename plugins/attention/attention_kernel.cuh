@@ -1,10 +1,12 @@
 // Fused LeViT attention, softmax(q k^T * scale + bias) v, fp16 and fp32, fp32 accumulation.
 //
-// One CTA per (query tile group, head, batch) stages K and V of its (batch, head) whole in shared
-// memory with 16-byte cp.async copies (pad rows up to a multiple of 16 keys zero-filled), read
-// through q/k/v's own strides, so the kernel reads them where the qkv / kv and q projections wrote
-// them. Several CTAs share a (batch, head) over its query tiles, so that batch 1 still spreads over
-// the GPU; tiles are dealt to the CTAs round-robin (tile = blockIdx.x + warp * gridDim.x).
+// One CTA per (query tile group, head and value-column slice, batch) stages K and its slice of V of
+// its (batch, head) whole in shared memory with 16-byte cp.async copies (pad rows up to a multiple
+// of 16 keys zero-filled), read through q/k/v's own strides, so the kernel reads them where the
+// qkv / kv and q projections wrote them. Several CTAs share a (batch, head) over its query tiles, so
+// that batch 1 still spreads over the GPU; tiles are dealt to the CTAs round-robin (tile =
+// blockIdx.x + warp * gridDim.x). A slice (the kernels' kValueDim) is the whole value head or a part
+// of it: CTAs of one head's slices each repeat q.k and the softmax and stage a part of V.
 //
 // fp16 (tensor cores, mma.sync m16n8k16 with fp32 accumulators): a warp owns 16 query rows and
 // holds their whole score row in registers (196 keys: 13 key tiles of 16, 26 accumulator tiles of
@@ -129,6 +131,23 @@ __device__ __forceinline__ T const* headSlice(AttentionOperand const& operand, i
     return static_cast<T const*>(operand.data) + batch * operand.batchStride + head * operand.headStride;
 }
 
+//! The head and the first value column of this CTA's share of the output: blockIdx.y runs over
+//! heads x column slices, a slice being the kernel's kValueDim of the problem's valueDim columns
+//! (so a wide value head can be split over CTAs that each stage only their slice of V).
+struct ColumnSlice
+{
+    int head;
+    int firstColumn;
+};
+
+template <int kValueDim>
+__device__ __forceinline__ ColumnSlice columnSlice(AttentionProblem const& problem)
+{
+    int const slices = problem.valueDim / kValueDim;
+    int const y = static_cast<int>(blockIdx.y);
+    return {y / slices, (y % slices) * kValueDim};
+}
+
 //! Shared memory of the fp16 kernel: K and V rows padded by 16 bytes, so that the 8 row addresses of
 //! an ldmatrix land on 8 different 16-byte bank groups; then each warp's 16 rows of bias, as they lie
 //! in global memory (rows `keys` apart, from the even element at or before the first).
@@ -178,7 +197,8 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
     __half* const vShared = kShared + Layout::kKeysPadded * Layout::kKStride;
 
     int const batch = static_cast<int>(blockIdx.z);
-    int const head = static_cast<int>(blockIdx.y);
+    ColumnSlice const slice = columnSlice<kValueDim>(problem);
+    int const head = slice.head;
     int const keys = problem.keys;
     int const queries = problem.queries;
     int const lane = static_cast<int>(threadIdx.x % 32);
@@ -202,8 +222,8 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
     }
     commitCopies();
     // Group 2: V, needed only after the softmax.
-    stageRows<__half, kValueDim>(vShared, Layout::kVStride, headSlice<__half>(problem.v, batch, head),
-        problem.v.tokenStride, keys, Layout::kKeysPadded);
+    stageRows<__half, kValueDim>(vShared, Layout::kVStride,
+        headSlice<__half>(problem.v, batch, head) + slice.firstColumn, problem.v.tokenStride, keys, Layout::kKeysPadded);
     commitCopies();
 
     int const group = lane / 4; // the accumulator row (and row + 8) this lane holds
@@ -342,9 +362,9 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
         }
     }
 
-    int64_t const rowElements = static_cast<int64_t>(problem.heads) * kValueDim;
+    int64_t const rowElements = static_cast<int64_t>(problem.heads) * problem.valueDim;
     __half* const out = static_cast<__half*>(problem.out) + static_cast<int64_t>(batch) * queries * rowElements
-        + static_cast<int64_t>(head) * kValueDim + 2 * quad;
+        + static_cast<int64_t>(head) * problem.valueDim + slice.firstColumn + 2 * quad;
     float const inverse0 = 1.0F / sum0;
     float const inverse1 = 1.0F / sum1;
     if (valid0)
@@ -404,8 +424,9 @@ struct FloatVector<4>
     using Type = float4;
 };
 
+//! The fp32 kernel's body; its two kernels below differ only in their launch bounds.
 template <int kKeyTiles, int kKeyDim, int kValueDim>
-__global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionFloatKernel(AttentionProblem const problem)
+__device__ __forceinline__ void attentionFloat(AttentionProblem const& problem)
 {
     using Layout = FloatLayout<kKeyTiles, kKeyDim, kValueDim>;
     constexpr int kRows = kFloatRowsPerPass;
@@ -418,12 +439,13 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionFloatKernel(Att
     float* const vShared = kShared + Layout::kKeysPadded * Layout::kKStride;
 
     int const batch = static_cast<int>(blockIdx.z);
-    int const head = static_cast<int>(blockIdx.y);
+    ColumnSlice const slice = columnSlice<kValueDim>(problem);
+    int const head = slice.head;
     int const keys = problem.keys;
     int const queries = problem.queries;
     stageRows<float, kKeyDim>(kShared, Layout::kKStride, headSlice<float>(problem.k, batch, head),
         problem.k.tokenStride, keys, Layout::kKeysPadded);
-    stageRows<float, kValueDim>(vShared, Layout::kVStride, headSlice<float>(problem.v, batch, head),
+    stageRows<float, kValueDim>(vShared, Layout::kVStride, headSlice<float>(problem.v, batch, head) + slice.firstColumn,
         problem.v.tokenStride, keys, Layout::kKeysPadded);
     commitCopies();
     waitCopies<0>();
@@ -437,9 +459,9 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionFloatKernel(Att
     float const scaleLog2 = problem.scale * kLog2e;
     float const* const q = headSlice<float>(problem.q, batch, head);
     float const* const bias = static_cast<float const*>(problem.bias) + static_cast<int64_t>(head) * queries * keys;
-    int64_t const rowElements = static_cast<int64_t>(problem.heads) * kValueDim;
+    int64_t const rowElements = static_cast<int64_t>(problem.heads) * problem.valueDim;
     float* const out = static_cast<float*>(problem.out) + static_cast<int64_t>(batch) * queries * rowElements
-        + static_cast<int64_t>(head) * kValueDim + lane * kColumnsPerLane;
+        + static_cast<int64_t>(head) * problem.valueDim + slice.firstColumn + lane * kColumnsPerLane;
 
     for (int pass = 0; pass < kRowsPerWarp / kRows; ++pass)
     {
@@ -570,6 +592,22 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionFloatKernel(Att
     }
 }
 
+template <int kKeyTiles, int kKeyDim, int kValueDim>
+__global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionFloatKernel(AttentionProblem const problem)
+{
+    attentionFloat<kKeyTiles, kKeyDim, kValueDim>(problem);
+}
+
+//! The fp32 kernel for 64 keys (LeViT's 49) and key heads of 32, held to 168 registers so that 3
+//! CTAs of 4 warps fit a multiprocessor: on the H200, batch 64 [5, 49, 49, 32, 64] took 17.4 us in
+//! run 3 (166 registers), 27.6 in run 8 (171: 2 CTAs) and 17.3 in run 9 (held to 168). A minimum of
+//! blocks on the other kernels raised their register counts by 20-40 (nvcc 13.0): plain bound there.
+template <int kKeyTiles, int kKeyDim, int kValueDim>
+__global__ void __launch_bounds__(kMaxWarpsPerCta * 32, 3) attentionFloatKernelThreeCtas(AttentionProblem const problem)
+{
+    attentionFloat<kKeyTiles, kKeyDim, kValueDim>(problem);
+}
+
 inline bool aligned16(void const* p)
 {
     return reinterpret_cast<uintptr_t>(p) % kChunkBytes == 0;
@@ -595,22 +633,55 @@ inline int multiprocessors()
     return count;
 }
 
-//! Warps per CTA: as many as 4 (K and V staged once for more query tiles) while the grid still has a
-//! CTA per multiprocessor; fewer where the batch is too small to fill the GPU. Each CTA stages its
-//! head's whole K and V, so splitting further only multiplies that traffic (run 1 on the H200, fp16
-//! [16, 8, 49, 196, 32, 128]: 512 one-warp CTAs took 28 us, against 17 us for 48 CTAs at batch 1;
-//! NOTES.md). Balanced so that the CTAs of one (batch, head) differ by at most one tile.
-inline int warpsPerCtaFor(AttentionProblem const& problem, int tiles)
+//! A launch: warps per CTA (one query tile of 16 rows each) and value columns per CTA.
+struct LaunchShape
 {
-    int64_t const slices = static_cast<int64_t>(problem.batch) * problem.heads;
-    int64_t const enough = multiprocessors();
+    int warps;
+    int columns;
+};
+
+//! The dispatcher's launch shape; `warpsPerCta` / `valueColumns` above 0 replace its choices.
+//! fp16, from run 8's sweep on the H200 of every forced shape at every LeViT shape and batch 1, 16
+//! and 64 (NOTES.md; within 1.01x of the fastest in geometric mean, 1.10x at worst): a warp per tile
+//! up to 4; where that grid has under two CTAs per multiprocessor, 4 warps whatever the tiles (the
+//! spare warps only help stage K and V: batch 1 [16, 16, 49, 32, 128] 3.2 us against 5.0 with one
+//! warp); and there, while under half a CTA per multiprocessor, the value head in slices of 64 or 32
+//! columns, each CTA staging its part of V (batch 1 [12, 49, 196, 32, 128]: 6.1 us in 32-column
+//! slices against 9.1 in one-warp CTAs of 64 columns). fp32 computes q.k on the SIMT units, where
+//! repeating it per slice costs more than it saves: whole heads, and fewer warps per CTA for small
+//! grids (balanced so that the CTAs of one (batch, head) differ by at most one tile).
+inline LaunchShape launchShapeFor(AttentionProblem const& problem, int tiles, int warpsPerCta, int valueColumns)
+{
+    int64_t const sms = multiprocessors();
+    auto ctas = [&](int warps, int columns) {
+        return static_cast<int64_t>(problem.batch) * problem.heads * (problem.valueDim / columns)
+            * ((tiles + warps - 1) / warps);
+    };
     int warps = tiles < kMaxWarpsPerCta ? tiles : kMaxWarpsPerCta;
-    while (warps > 1 && slices * ((tiles + warps - 1) / warps) < enough)
+    int columns = valueColumns > 0 ? valueColumns : problem.valueDim;
+    if (problem.dtype == AttentionDType::kFloat16)
+    {
+        if (ctas(warps, columns) < 2 * sms)
+        {
+            warps = kMaxWarpsPerCta;
+        }
+        warps = warpsPerCta > 0 ? warpsPerCta : warps;
+        while (valueColumns == 0 && columns > 32 && 2 * ctas(warps, columns) < sms)
+        {
+            columns /= 2;
+        }
+        return {warps, columns};
+    }
+    if (warpsPerCta > 0)
+    {
+        return {warpsPerCta, columns};
+    }
+    while (warps > 1 && ctas(warps, columns) < sms)
     {
         warps /= 2;
     }
-    int const ctas = (tiles + warps - 1) / warps;
-    return (tiles + ctas - 1) / ctas;
+    int const ctasPerSlice = (tiles + warps - 1) / warps;
+    return {(tiles + ctasPerSlice - 1) / ctasPerSlice, columns};
 }
 
 constexpr int kMaxCachedDevices = 64;
@@ -677,8 +748,9 @@ AttentionLaunchResult launchWithShared(AttentionProblem const& problem, dim3 gri
 }
 
 template <int kKeyTiles, int kKeyDim, int kValueDim>
-AttentionLaunchResult launchFor(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
+AttentionLaunchResult launchFor(AttentionProblem const& problem, LaunchShape const& shape, dim3 grid, cudaStream_t stream)
 {
+    int const warps = shape.warps;
     dim3 const block(static_cast<unsigned>(warps * 32));
     if (problem.dtype == AttentionDType::kFloat16)
     {
@@ -688,39 +760,47 @@ AttentionLaunchResult launchFor(AttentionProblem const& problem, dim3 grid, int 
             problem, grid, block, Layout::bytes(warps, problem.keys), stream);
     }
     using Layout = FloatLayout<kKeyTiles, kKeyDim, kValueDim>;
-    return launchWithShared<attentionFloatKernel<kKeyTiles, kKeyDim, kValueDim>, Layout::bytes(kMaxWarpsPerCta)>(
-        problem, grid, block, Layout::bytes(warps), stream);
+    if constexpr (kKeyTiles == 4 && kKeyDim == 32)
+    {
+        return launchWithShared<attentionFloatKernelThreeCtas<kKeyTiles, kKeyDim, kValueDim>,
+            Layout::bytes(kMaxWarpsPerCta)>(problem, grid, block, Layout::bytes(warps), stream);
+    }
+    else
+    {
+        return launchWithShared<attentionFloatKernel<kKeyTiles, kKeyDim, kValueDim>, Layout::bytes(kMaxWarpsPerCta)>(
+            problem, grid, block, Layout::bytes(warps), stream);
+    }
 }
 
 //! Key tiles the kernels are built for: 16, 64, 208 and 256 keys (LeViT's 16, 49 and 196, and 256
 //! for 256x256 inputs); a count takes the smallest that holds it, the rest masked.
 template <int kKeyDim, int kValueDim>
-AttentionLaunchResult launchForKeys(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
+AttentionLaunchResult launchForKeys(AttentionProblem const& problem, LaunchShape const& shape, dim3 grid, cudaStream_t stream)
 {
     int const tiles = (problem.keys + 15) / 16;
     if (tiles <= 1)
     {
-        return launchFor<1, kKeyDim, kValueDim>(problem, grid, warps, stream);
+        return launchFor<1, kKeyDim, kValueDim>(problem, shape, grid, stream);
     }
     if (tiles <= 4)
     {
-        return launchFor<4, kKeyDim, kValueDim>(problem, grid, warps, stream);
+        return launchFor<4, kKeyDim, kValueDim>(problem, shape, grid, stream);
     }
     if (tiles <= 13)
     {
-        return launchFor<13, kKeyDim, kValueDim>(problem, grid, warps, stream);
+        return launchFor<13, kKeyDim, kValueDim>(problem, shape, grid, stream);
     }
-    return launchFor<16, kKeyDim, kValueDim>(problem, grid, warps, stream);
+    return launchFor<16, kKeyDim, kValueDim>(problem, shape, grid, stream);
 }
 
 template <int kKeyDim>
-AttentionLaunchResult launchForValueDim(AttentionProblem const& problem, dim3 grid, int warps, cudaStream_t stream)
+AttentionLaunchResult launchForColumns(AttentionProblem const& problem, LaunchShape const& shape, dim3 grid, cudaStream_t stream)
 {
-    switch (problem.valueDim)
+    switch (shape.columns)
     {
-    case 32: return launchForKeys<kKeyDim, 32>(problem, grid, warps, stream);
-    case 64: return launchForKeys<kKeyDim, 64>(problem, grid, warps, stream);
-    default: return launchForKeys<kKeyDim, 128>(problem, grid, warps, stream);
+    case 32: return launchForKeys<kKeyDim, 32>(problem, shape, grid, stream);
+    case 64: return launchForKeys<kKeyDim, 64>(problem, shape, grid, stream);
+    default: return launchForKeys<kKeyDim, 128>(problem, shape, grid, stream);
     }
 }
 
@@ -734,24 +814,27 @@ char const* attentionStatusText(AttentionStatus status) noexcept
     case AttentionStatus::kUnsupportedKeyDim: return "the key (q/k head) size must be 16 or 32";
     case AttentionStatus::kUnsupportedValueDim: return "the value head size must be 32, 64 or 128";
     case AttentionStatus::kUnsupportedKeyCount: return "the number of keys must be 1 to 256";
-    case AttentionStatus::kTooLarge: return "batch and heads must each be at most 65535";
+    case AttentionStatus::kTooLarge:
+        return "batch must be at most 65535, and heads at most 65535 / (value head size / 32)";
     case AttentionStatus::kMisaligned:
         return "q, k, v, bias and out must start on 16-byte boundaries, and q/k/v's batch, token and head "
                "strides must be multiples of 16 bytes";
     case AttentionStatus::kInvalidArgument: return "sizes must be non-negative and pointers non-null";
     case AttentionStatus::kLaunchFailed: return "the kernel launch failed";
     case AttentionStatus::kSharedMemoryExceeded:
-        return "this shape needs more shared memory per block than this GPU allows (K and V of a head are "
-               "staged whole: fp32 with 196 or more keys and value heads of 128 needs more than the 99 KB of "
-               "compute capability 8.6 and 8.9)";
+        return "this shape needs more shared memory per block than this GPU allows (K and a slice of V of a head "
+               "are staged whole in shared memory)";
     }
     return "unknown status";
 }
 
-AttentionLaunchResult attentionForward(AttentionProblem const& problem, cudaStream_t stream, int32_t warpsPerCta) noexcept
+AttentionLaunchResult attentionForward(
+    AttentionProblem const& problem, cudaStream_t stream, AttentionLaunchOverride const& forced) noexcept
 {
     using detail::kMaxWarpsPerCta;
     using detail::kRowsPerWarp;
+    int32_t const warpsPerCta = forced.warpsPerCta;
+    int32_t const valueColumns = forced.valueColumns;
     if (problem.batch < 0 || problem.heads < 0 || problem.queries < 0 || problem.keys < 0 || warpsPerCta < 0
         || warpsPerCta > kMaxWarpsPerCta)
     {
@@ -769,7 +852,7 @@ AttentionLaunchResult attentionForward(AttentionProblem const& problem, cudaStre
     {
         return {AttentionStatus::kUnsupportedKeyCount, cudaSuccess};
     }
-    if (problem.batch > 65535 || problem.heads > 65535)
+    if (problem.batch > 65535 || problem.heads > 65535 / (problem.valueDim / 32))
     {
         return {AttentionStatus::kTooLarge, cudaSuccess};
     }
@@ -789,12 +872,30 @@ AttentionLaunchResult attentionForward(AttentionProblem const& problem, cudaStre
     {
         return {AttentionStatus::kMisaligned, cudaSuccess};
     }
+    if (valueColumns != 0
+        && (valueColumns != 32 && valueColumns != 64 && valueColumns != 128 || valueColumns > problem.valueDim))
+    {
+        return {AttentionStatus::kInvalidArgument, cudaSuccess};
+    }
     int const tiles = (problem.queries + kRowsPerWarp - 1) / kRowsPerWarp;
-    int const warps = warpsPerCta > 0 ? warpsPerCta : detail::warpsPerCtaFor(problem, tiles);
-    dim3 const grid(static_cast<unsigned>((tiles + warps - 1) / warps), static_cast<unsigned>(problem.heads),
-        static_cast<unsigned>(problem.batch));
-    return problem.keyDim == 16 ? detail::launchForValueDim<16>(problem, grid, warps, stream)
-                                : detail::launchForValueDim<32>(problem, grid, warps, stream);
+    detail::LaunchShape shape = detail::launchShapeFor(problem, tiles, warpsPerCta, valueColumns);
+    while (true)
+    {
+        dim3 const grid(static_cast<unsigned>((tiles + shape.warps - 1) / shape.warps),
+            static_cast<unsigned>(problem.heads * (problem.valueDim / shape.columns)),
+            static_cast<unsigned>(problem.batch));
+        AttentionLaunchResult const result = problem.keyDim == 16
+            ? detail::launchForColumns<16>(problem, shape, grid, stream)
+            : detail::launchForColumns<32>(problem, shape, grid, stream);
+        // The shared-memory check comes before the launch, so a narrower slice (a smaller part of V
+        // staged: fp32 heads of 128 over 196 keys on the 99 KB of compute capability 8.6 / 8.9) can
+        // still be tried where the columns were not forced.
+        if (result.status != AttentionStatus::kSharedMemoryExceeded || valueColumns > 0 || shape.columns == 32)
+        {
+            return result;
+        }
+        shape.columns /= 2;
+    }
 }
 
 } // namespace levit_attention

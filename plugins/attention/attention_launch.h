@@ -24,7 +24,7 @@ enum class AttentionStatus : int32_t
     kUnsupportedKeyDim = 1,   //!< key (q/k head) size other than 16 or 32
     kUnsupportedValueDim = 2, //!< value head size other than 32, 64 or 128
     kUnsupportedKeyCount = 3, //!< fewer than 1 or more than kMaxKeys keys
-    kTooLarge = 4,            //!< batch over 65535 (grid z) or heads over 65535 (grid y)
+    kTooLarge = 4,            //!< batch over 65535 (grid z) or heads x valueDim / 32 over 65535 (grid y)
     kMisaligned = 5,          //!< a q/k/v/out/bias pointer or token/head/batch stride not 16-byte aligned
     kInvalidArgument = 6,     //!< negative sizes or null pointers
     kLaunchFailed = 7,        //!< the CUDA launch itself failed; cudaStatus says why
@@ -72,9 +72,16 @@ struct AttentionLaunchResult
 //! A sentence naming what was unsupported, for the bindings' error messages.
 char const* attentionStatusText(AttentionStatus status) noexcept;
 
+//! Launch choices forced for tests and sweeps; each zero leaves that choice to the dispatcher.
+struct AttentionLaunchOverride
+{
+    int32_t warpsPerCta{0};  //!< 1..4 warps (query tiles of 16 rows) per CTA
+    int32_t valueColumns{0}; //!< 32, 64 or 128 (at most valueDim) value columns per CTA
+};
+
 //! Enqueues one kernel on `stream`. An empty problem (batch, heads or queries zero) launches nothing.
-//! `warpsPerCta` 1..4 forces the CTA size (tests and sweeps); 0 lets the dispatcher choose.
+//! A forced choice out of range is kInvalidArgument.
 AttentionLaunchResult attentionForward(
-    AttentionProblem const& problem, cudaStream_t stream, int32_t warpsPerCta = 0) noexcept;
+    AttentionProblem const& problem, cudaStream_t stream, AttentionLaunchOverride const& forced = {}) noexcept;
 
 } // namespace levit_attention

@@ -1,8 +1,8 @@
 // PyTorch binding of the fused attention kernel: levit_trt::attention(q, k, v, bias, scale) -> out,
-// its out= overload (tests poison `out` first) and attention_tuned (CTA size forced, for tests and
-// sweeps). q [B, Nq, H, Dq], k [B, Nk, H, Dq], v [B, Nk, H, Dv] with any strides whose last is 1
-// (the views timm's qkv(x).view(B, N, H, -1).split(...) gives), bias [H, Nq, Nk] contiguous; out
-// [B, Nq, H*Dv] contiguous. A CUDA kernel, a Meta kernel so that FakeTensor (torch.compile,
+// its out= overload (tests poison `out` first) and attention_tuned (CTA size and value columns per
+// CTA forced, for tests and sweeps). q [B, Nq, H, Dq], k [B, Nk, H, Dq], v [B, Nk, H, Dv]
+// with any strides whose last is 1 (the views timm's qkv(x).view(B, N, H, -1).split(...) gives),
+// bias [H, Nq, Nk] contiguous; out [B, Nq, H*Dv] contiguous. A CUDA kernel, a Meta kernel so that FakeTensor (torch.compile,
 // torch.export) knows the output without running anything, and a CPU kernel that says CPU tensors
 // are not supported. The namespace levit_trt belongs to the softmax library (TORCH_LIBRARY); this
 // one adds to it (TORCH_LIBRARY_FRAGMENT), so both load into one process in either order.
@@ -63,7 +63,8 @@ void checkSupported(at::Tensor const& q, at::Tensor const& k, at::Tensor const& 
     TORCH_CHECK(keys >= 1 && keys <= levit_attention::kMaxKeys, "levit_trt::attention: ", std::to_string(keys),
         " keys are not supported (1 to ", std::to_string(levit_attention::kMaxKeys), "); got ",
         describe(q, k, v, bias));
-    TORCH_CHECK(batch <= 65535 && heads <= 65535, "levit_trt::attention: batch and heads must each be at most 65535; got ",
+    TORCH_CHECK(batch <= 65535 && heads * (v.size(3) / 32) <= 65535,
+        "levit_trt::attention: batch must be at most 65535, and heads at most 65535 / (value head size / 32); got ",
         describe(q, k, v, bias));
     TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
         "levit_trt::attention: the last axis of q, k and v must be contiguous (stride 1); got strides q ",
@@ -101,7 +102,7 @@ AttentionOperand operand(at::Tensor const& t)
 }
 
 void attentionInto(at::Tensor const& qIn, at::Tensor const& kIn, at::Tensor const& vIn, at::Tensor const& biasIn,
-    double scale, at::Tensor& out, int64_t warpsPerCta)
+    double scale, at::Tensor& out, levit_attention::AttentionLaunchOverride const& forced)
 {
     checkSupported(qIn, kIn, vIn, biasIn);
     TORCH_CHECK(kIn.device() == qIn.device() && vIn.device() == qIn.device() && biasIn.device() == qIn.device(),
@@ -144,7 +145,7 @@ void attentionInto(at::Tensor const& qIn, at::Tensor const& kIn, at::Tensor cons
     problem.dtype = q.scalar_type() == at::kHalf ? AttentionDType::kFloat16 : AttentionDType::kFloat32;
     cudaStream_t const stream = c10::cuda::getCurrentCUDAStream(q.device().index()).stream();
     levit_attention::AttentionLaunchResult const result
-        = levit_attention::attentionForward(problem, stream, static_cast<int32_t>(warpsPerCta));
+        = levit_attention::attentionForward(problem, stream, forced);
     TORCH_CHECK(result.status == AttentionStatus::kSuccess, "levit_trt::attention: ",
         levit_attention::attentionStatusText(result.status), " (", describe(q, k, v, bias), ")",
         result.status == AttentionStatus::kLaunchFailed ? std::string(": ") + cudaGetErrorString(result.cudaStatus)
@@ -165,7 +166,7 @@ at::Tensor attention(at::Tensor const& q, at::Tensor const& k, at::Tensor const&
     c10::cuda::CUDAGuard const deviceGuard(cudaDeviceOf(q));
     checkSupported(q, k, v, bias);
     at::Tensor out = at::empty(outputShape(q, v), q.options());
-    attentionInto(q, k, v, bias, scale, out, 0);
+    attentionInto(q, k, v, bias, scale, out, {});
     return out;
 }
 
@@ -173,18 +174,22 @@ at::Tensor& attentionOut(
     at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias, double scale, at::Tensor& out)
 {
     c10::cuda::CUDAGuard const deviceGuard(cudaDeviceOf(q));
-    attentionInto(q, k, v, bias, scale, out, 0);
+    attentionInto(q, k, v, bias, scale, out, {});
     return out;
 }
 
 void attentionTuned(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias,
-    double scale, at::Tensor& out, int64_t warpsPerCta)
+    double scale, at::Tensor& out, int64_t warpsPerCta, int64_t valueColumns)
 {
     TORCH_CHECK(warpsPerCta >= 0 && warpsPerCta <= 4,
         "levit_trt::attention_tuned: warps_per_cta must be 0 (the dispatcher's choice) to 4; got ",
         std::to_string(warpsPerCta));
+    TORCH_CHECK(valueColumns == 0
+            || ((valueColumns == 32 || valueColumns == 64 || valueColumns == 128) && valueColumns <= v.size(3)),
+        "levit_trt::attention_tuned: value_columns must be 0 (the dispatcher's choice), or 32, 64 or 128 and at most "
+        "the value head size ", std::to_string(v.size(3)), "; got ", std::to_string(valueColumns));
     c10::cuda::CUDAGuard const deviceGuard(cudaDeviceOf(q));
-    attentionInto(q, k, v, bias, scale, out, warpsPerCta);
+    attentionInto(q, k, v, bias, scale, out, {static_cast<int32_t>(warpsPerCta), static_cast<int32_t>(valueColumns)});
 }
 
 at::Tensor attentionMeta(
@@ -208,7 +213,7 @@ TORCH_LIBRARY_FRAGMENT(levit_trt, m)
     m.def("attention(Tensor q, Tensor k, Tensor v, Tensor bias, float scale) -> Tensor");
     m.def("attention.out(Tensor q, Tensor k, Tensor v, Tensor bias, float scale, *, Tensor(a!) out) -> Tensor(a!)");
     m.def("attention_tuned(Tensor q, Tensor k, Tensor v, Tensor bias, float scale, Tensor(a!) out, "
-          "int warps_per_cta) -> ()");
+          "int warps_per_cta, int value_columns) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(levit_trt, CUDA, m)
