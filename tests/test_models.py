@@ -16,6 +16,7 @@ from levit_trt.models import (
     set_attention,
     set_softmax,
     softmax_function,
+    to_device,
 )
 from levit_trt.variants import resolve_variant
 from levit_trt.weights import create_model, parse_weights, synthetic_images
@@ -49,8 +50,9 @@ def test_prepared_model_has_no_batch_norm_and_fixed_biases(timm_model: nn.Module
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_token_stream_is_contiguous(timm_model: nn.Module, dtype: torch.dtype) -> None:
     # timm's flatten(2).transpose(1, 2) of an NCHW stem output is a strided view, and stage 1's residual
-    # adds and projections would all run on transposed memory; the channels-last stem prevents that.
-    prepared = prepare_model(copy.deepcopy(timm_model)).to(dtype)
+    # adds and projections would all run on transposed memory; the channels-last stem that to_device
+    # gives on CUDA (asked for here on the CPU) prevents that.
+    prepared = to_device(prepare_model(copy.deepcopy(timm_model)), "cpu", dtype, channels_last_stem=True)
     inputs: list[torch.Tensor] = []
     for block in prepared.modules():
         if type(block).__name__ in {"LevitBlock", "LevitDownsample"}:
@@ -60,6 +62,18 @@ def test_token_stream_is_contiguous(timm_model: nn.Module, dtype: torch.dtype) -
     assert len(inputs) == 2 + 3 + 4 + 2
     strided = [tuple(t.stride()) for t in inputs if not t.is_contiguous()]
     assert not strided, f"block inputs in strided memory: {strided}"
+
+
+def test_to_device_makes_the_stem_channels_last_on_cuda_only(timm_model: nn.Module) -> None:
+    # On the CPU the stem stays NCHW (oneDNN's channels-last fp32 convolutions round 4x more).
+    def stem_weights(model: nn.Module) -> list[torch.Tensor]:
+        return [p for p in model.stem.parameters() if p.dim() == 4]
+
+    cpu = to_device(prepare_model(copy.deepcopy(timm_model)), "cpu", torch.float32)
+    assert all(w.is_contiguous() for w in stem_weights(cpu))
+    asked = to_device(prepare_model(copy.deepcopy(timm_model)), "cpu", torch.float32, channels_last_stem=True)
+    assert all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+               for w in stem_weights(asked))
 
 
 def test_random_weights_are_not_degenerate(timm_model: nn.Module) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from levit_trt.backends.base import set_tf32
-from levit_trt.models import load_model, set_attention
+from levit_trt.models import load_model, set_attention, to_device
 from levit_trt.thresholds import AGREEMENT_FLOORS, agreement
 from levit_trt.timing import time_cuda_graphs_interleaved
 from levit_trt.variants import resolve_variants
@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_grad_enabled(False)
     for variant in resolve_variants(args.variants):
         base = load_model(variant, weights)
-        reference_model = copy.deepcopy(base).cuda()
-        model = base.half().cuda()
+        reference_model = to_device(copy.deepcopy(base), "cuda", torch.float32)
+        model = to_device(base, "cuda", torch.float16)
         for batch in (int(b) for b in args.batches.split(",")):
             images = synthetic_images(batch, variant.input_size, seed=batch).cuda()
             reference = reference_model(images).float()

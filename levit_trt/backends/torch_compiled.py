@@ -24,6 +24,7 @@ import torch._inductor
 
 from levit_trt import plugins
 from levit_trt.backends.base import Availability, Backend, ModelSource
+from levit_trt.models import to_device
 from levit_trt.timing import capture_cuda_graph
 
 
@@ -59,7 +60,7 @@ class TorchCompileBackend(Backend):
                              f"{', '.join(compile_modes())}")
         self.variant = source.variant.display
         started = time.perf_counter()
-        model = source.torch_model(attention=self.attention).to(self.device, self.input_dtype).eval()
+        model = to_device(source.torch_model(attention=self.attention), self.device, self.input_dtype).eval()
         self.compiled = torch.compile(model, mode=self.mode, dynamic=False, fullgraph=True)
         self.uses_cuda_graphs = bool(torch._inductor.list_mode_options(self.mode).get("triton.cudagraphs"))
         self.compile_seconds: dict[int, float] = {}
@@ -130,7 +131,7 @@ class TorchCudaGraphBackend(Backend):
     def __init__(self, source: ModelSource, precision: str = "fp32", device: str = "cuda") -> None:
         super().__init__(precision, device)
         started = time.perf_counter()
-        self.model = source.torch_model().to(self.device, self.input_dtype).eval()
+        self.model = to_device(source.torch_model(), self.device, self.input_dtype).eval()
         self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
         self.capture_seconds: dict[int, float] = {}
         self.setup_seconds = time.perf_counter() - started

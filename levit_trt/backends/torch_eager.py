@@ -14,6 +14,7 @@ import torch
 
 from levit_trt import plugins
 from levit_trt.backends.base import DEFAULT_PLUGIN, PLUGINS, Availability, Backend, ModelSource
+from levit_trt.models import to_device
 
 
 def plugin_library_check(plugin: str) -> Any:
@@ -32,7 +33,7 @@ class TorchEagerBackend(Backend):
         super().__init__(precision, device)
         started = time.perf_counter()
         self.forms = self.model_forms()
-        self.model = source.torch_model(**self.forms).to(self.device, self.input_dtype).eval()
+        self.model = to_device(source.torch_model(**self.forms), self.device, self.input_dtype).eval()
         self.setup_seconds = time.perf_counter() - started
 
     def model_forms(self) -> dict[str, str]:
