@@ -19,7 +19,8 @@
 # PROFILE_BACKENDS (torch,torch-sdpa,torch-plugin), PROFILE_BATCH (16). E2E_VARIANTS (all),
 # E2E_BATCHES (16), E2E_ARGS (more tools/end_to_end_interleaved.py arguments, e.g. --no-compile).
 # Matrix selection: MATRIX_VARIANTS (384), MATRIX_BACKENDS (auto: every CUDA backend available),
-# MATRIX_PRECISIONS (fp32,fp16), MATRIX_BATCHES (1,16,64), MATRIX_ARGS (e.g. --cuda-graphs).
+# MATRIX_PRECISIONS (fp32,fp16), MATRIX_BATCHES (1,16,64), MATRIX_ARGS (e.g. --cuda-graphs),
+# MATRIX_REPORT_ARGS (e.g. --baseline torch-cudagraph-fp16 where the run has no torch fp32 case).
 set -uo pipefail
 
 top=${OUT:-$PWD/gpu-results}
@@ -106,7 +107,8 @@ for stage in $stages; do
             --precisions "${MATRIX_PRECISIONS:-fp32,fp16}" --batch-sizes "${MATRIX_BATCHES:-1,16,64}" \
             --benchmark-json "$RESULTS/latency.json" --benchmark-columns median,iqr,rounds ${MATRIX_ARGS:-}
         if [ -f "$RESULTS/latency.json" ]; then
-            python3 -m levit_trt.cli report "$RESULTS/latency.json" | tee "$RESULTS/latency.md"
+            # shellcheck disable=SC2086
+            python3 -m levit_trt.cli report "$RESULTS/latency.json" ${MATRIX_REPORT_ARGS:-} | tee "$RESULTS/latency.md"
         fi
         ;;
     *)
