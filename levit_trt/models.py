@@ -199,7 +199,7 @@ def to_device(model: nn.Module, device: torch.device | str, dtype: torch.dtype,
     """
     device = torch.device(device)
     model = model.to(device, dtype)
-    if channels_last_stem if channels_last_stem is not None else device.type == "cuda":
+    if device.type == "cuda" if channels_last_stem is None else channels_last_stem:
         cast(nn.Module, model.stem).to(memory_format=torch.channels_last)
     return model
 
