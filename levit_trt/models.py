@@ -117,15 +117,19 @@ class PreparedAttention(nn.Module):
         attn = self.softmax(scores)
         return (attn @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(q.shape[0], -1, v.shape[2] * v.shape[3])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v as [B, N, H, D] views of the projections' outputs (the fused op reads them in place)."""
         batch, tokens, _ = x.shape
-        # q, k, v as [B, N, H, D] views of the projections' outputs (the fused op reads them in place).
         if self.downsample:
             k, v = self.kv(x).view(batch, tokens, self.num_heads, -1).split([self.key_dim, self.val_dim], dim=3)
             q = self.q(x).view(batch, -1, self.num_heads, self.key_dim)
         else:
             q, k, v = self.qkv(x).view(batch, tokens, self.num_heads, -1).split(
                 [self.key_dim, self.key_dim, self.val_dim], dim=3)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.heads(x)
         return self.proj(self.attend(q, k, v, self.attention_bias, self.scale))
 
 
@@ -142,11 +146,25 @@ class SdpaAttention(PreparedAttention):
 
 
 class FusedAttention(PreparedAttention):
-    """Attention as one `levit_trt::attention` call on the projections' q, k, v views."""
+    """Attention as one `levit_trt::attention` call on the projections' q, k, v views.
+
+    timm's `proj` is Sequential(Hardswish, Linear): the op applies the Hardswish to its output (one
+    launch less per attention), and only the Linear runs after it.
+    """
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                scale: float) -> torch.Tensor:
         return plugins.plugin_attention(q, k, v, bias, scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        activation, *rest = self.proj.children()
+        if not isinstance(activation, nn.Hardswish):
+            return super().forward(x)
+        q, k, v = self.heads(x)
+        attended = plugins.plugin_attention(q, k, v, self.attention_bias, self.scale, hardswish=True)
+        for layer in rest:
+            attended = layer(attended)
+        return attended
 
 
 _LAYER_CLASSES: dict[tuple[str, str], type[PreparedAttention]] = {

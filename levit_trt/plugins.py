@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
@@ -273,7 +273,13 @@ def check_attention_trt_plugin_library(accepted_majors: Collection[int], path: P
                                 ATTENTION_IDENTITY_HEADER, runtime)
 
 
-AttentionOp = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor", "torch.Tensor", float], "torch.Tensor"]
+class AttentionOp(Protocol):
+    """`torch.ops.levit_trt.attention`'s signature."""
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+                 hardswish: bool = False) -> torch.Tensor: ...
+
+
 _attention_op: AttentionOp | None = None
 
 
@@ -290,12 +296,13 @@ def load_attention_op() -> AttentionOp:
 
 
 def plugin_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
-                     scale: float) -> torch.Tensor:
+                     scale: float, hardswish: bool = False) -> torch.Tensor:
     """softmax(q k^T * scale + bias) v as [B, Nq, H*Dv], through `levit_trt::attention` (CUDA fp16/fp32).
 
     q [B, Nq, H, Dq], k [B, Nk, H, Dq], v [B, Nk, H, Dv] may be the strided views the projections
-    give (last axis contiguous); bias [H, Nq, Nk]. Once loaded, this is a plain op call, so
-    torch.compile(fullgraph=True) traces through it.
+    give (last axis contiguous); bias [H, Nq, Nk]. `hardswish` applies F.hardswish to the output in
+    the kernel (LeViT's activation before each attention's projection), saving its own launch. Once
+    loaded, this is a plain op call, so torch.compile(fullgraph=True) traces through it.
     """
     op = _attention_op if _attention_op is not None else load_attention_op()
-    return op(q, k, v, bias, scale)
+    return op(q, k, v, bias, scale, hardswish=hardswish)

@@ -69,6 +69,22 @@ def test_matches_float64_at_every_levit_shape(attention_op, generator, shape, dt
     check(attention_into_poisoned(q, k, v, bias, shape.scale), q, k, v, bias, shape.scale, generator, shape.layer)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_hardswish_epilogue_at_every_levit_shape(attention_op, generator, dtype):
+    # The kernel's Hardswish against F.hardswish of the float64 attention, with biases x1 and x30
+    # (outputs beyond Hardswish's kinks at -3 and 3 come with the larger biases).
+    for shape in LEVIT_ATTENTION_SHAPES:
+        for bias_scale in (1.0, 30.0):
+            q, k, v, bias = model_inputs(shape, 2, dtype, generator, bias_scale=bias_scale)
+            out = poisoned_output(q, v)
+            torch.ops.levit_trt.attention(q, k, v, bias, shape.scale, hardswish=True, out=out)
+            assert torch.isfinite(out).all(), f"{shape.variant} {shape.layer}: NaN poison left"
+            reference = torch.nn.functional.hardswish(reference_attention(q, k, v, bias, shape.scale))
+            error = relative_error(out, reference)
+            assert error <= TOLERANCE[dtype], (f"{shape.variant} {shape.layer} bias x{bias_scale}: relative error "
+                                               f"{error:.3g} (seed {generator.initial_seed()})")
+
+
 def test_functional_form_returns_a_fresh_contiguous_output(attention_op, generator):
     shape = LEVIT_ATTENTION_SHAPES[0]
     q, k, v, bias = model_inputs(shape, 2, torch.float16, generator)

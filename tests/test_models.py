@@ -143,15 +143,17 @@ def test_sdpa_form_matches_float64_explicit_form(timm_model: nn.Module, monkeypa
 def contract_attention(calls: list[dict[str, object]]):
     """A pure-torch `levit_trt::attention` per the contract that records what it was given and checks it."""
 
-    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+                  hardswish: bool = False) -> torch.Tensor:
         batch, queries, heads, key_dim = q.shape
         assert k.shape[:1] + k.shape[2:] == (batch, heads, key_dim) and v.shape[:3] == k.shape[:3]
         assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
         assert bias.shape == (heads, queries, k.shape[1]) and bias.is_contiguous()
         assert q.dtype == k.dtype == v.dtype == bias.dtype
-        calls.append({"q": q, "k": k, "v": v, "scale": scale})
+        calls.append({"q": q, "k": k, "v": v, "scale": scale, "hardswish": hardswish})
         weights = torch.softmax(q.permute(0, 2, 1, 3) @ k.permute(0, 2, 3, 1) * scale + bias, -1)
-        return (weights @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(batch, queries, heads * v.shape[-1])
+        out = (weights @ v.permute(0, 2, 1, 3)).transpose(1, 2).reshape(batch, queries, heads * v.shape[-1])
+        return torch.nn.functional.hardswish(out) if hardswish else out
 
     return attention
 
@@ -166,6 +168,9 @@ def test_fused_form_passes_the_projection_views(timm_model: nn.Module, monkeypat
     with torch.no_grad():
         got = prepared(images)
     assert len(calls) == 11
+    # The op applies the projection's Hardswish (the model must then skip it: applied twice, or not
+    # at all, the logits are off by far more than the tolerance below).
+    assert all(call["hardswish"] for call in calls)
     first, downsample = calls[0], calls[2]  # 128S: two attentions, then stage 1's downsampling attention
     q, k, v = first["q"], first["k"], first["v"]
     assert isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor)

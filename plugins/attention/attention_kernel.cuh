@@ -96,6 +96,22 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t const (&a)[4], 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+//! A kernel's epilogue on one output value; a template parameter, so that the kernels without one
+//! are the same code as before it existed (run 12: a runtime branch, with a division by 6, slowed
+//! every launch, taken or not).
+template <AttentionEpilogue kEpilogue>
+__device__ __forceinline__ float applyEpilogue(float x)
+{
+    if constexpr (kEpilogue == AttentionEpilogue::kHardswish)
+    {
+        return x * fminf(fmaxf(x + 3.0F, 0.0F), 6.0F) * (1.0F / 6.0F);
+    }
+    else
+    {
+        return x;
+    }
+}
+
 __device__ __forceinline__ uint32_t packHalves(float low, float high)
 {
     __half2 const pair = __floats2half2_rn(low, high);
@@ -185,7 +201,7 @@ __device__ __forceinline__ int stageBiasRows(
     return shift;
 }
 
-template <int kKeyTiles, int kKeyDim, int kValueDim>
+template <int kKeyTiles, int kKeyDim, int kValueDim, AttentionEpilogue kEpilogue>
 __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(AttentionProblem const problem)
 {
     using Layout = HalfLayout<kKeyTiles, kKeyDim, kValueDim>;
@@ -373,8 +389,8 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
 #pragma unroll
         for (int n = 0; n < kValueTiles; ++n)
         {
-            *reinterpret_cast<__half2*>(out0 + n * 8)
-                = __floats2half2_rn(outAcc[n][0] * inverse0, outAcc[n][1] * inverse0);
+            *reinterpret_cast<__half2*>(out0 + n * 8) = __floats2half2_rn(
+                applyEpilogue<kEpilogue>(outAcc[n][0] * inverse0), applyEpilogue<kEpilogue>(outAcc[n][1] * inverse0));
         }
     }
     if (valid1)
@@ -383,8 +399,8 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
 #pragma unroll
         for (int n = 0; n < kValueTiles; ++n)
         {
-            *reinterpret_cast<__half2*>(out1 + n * 8)
-                = __floats2half2_rn(outAcc[n][2] * inverse1, outAcc[n][3] * inverse1);
+            *reinterpret_cast<__half2*>(out1 + n * 8) = __floats2half2_rn(
+                applyEpilogue<kEpilogue>(outAcc[n][2] * inverse1), applyEpilogue<kEpilogue>(outAcc[n][3] * inverse1));
         }
     }
 }
@@ -425,7 +441,7 @@ struct FloatVector<4>
 };
 
 //! The fp32 kernel's body; its two kernels below differ only in their launch bounds.
-template <int kKeyTiles, int kKeyDim, int kValueDim>
+template <int kKeyTiles, int kKeyDim, int kValueDim, AttentionEpilogue kEpilogue>
 __device__ __forceinline__ void attentionFloat(AttentionProblem const& problem)
 {
     using Layout = FloatLayout<kKeyTiles, kKeyDim, kValueDim>;
@@ -584,7 +600,7 @@ __device__ __forceinline__ void attentionFloat(AttentionProblem const& problem)
 #pragma unroll
                 for (int c = 0; c < kColumnsPerLane; ++c)
                 {
-                    values[c] = acc[r][c] * inverse;
+                    values[c] = applyEpilogue<kEpilogue>(acc[r][c] * inverse);
                 }
                 *reinterpret_cast<Vector*>(out + (firstRow + r) * rowElements) = result;
             }
@@ -592,20 +608,20 @@ __device__ __forceinline__ void attentionFloat(AttentionProblem const& problem)
     }
 }
 
-template <int kKeyTiles, int kKeyDim, int kValueDim>
+template <int kKeyTiles, int kKeyDim, int kValueDim, AttentionEpilogue kEpilogue>
 __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionFloatKernel(AttentionProblem const problem)
 {
-    attentionFloat<kKeyTiles, kKeyDim, kValueDim>(problem);
+    attentionFloat<kKeyTiles, kKeyDim, kValueDim, kEpilogue>(problem);
 }
 
 //! The fp32 kernel for 64 keys (LeViT's 49) and key heads of 32, held to 168 registers so that 3
 //! CTAs of 4 warps fit a multiprocessor: on the H200, batch 64 [5, 49, 49, 32, 64] took 17.4 us in
 //! run 3 (166 registers), 27.6 in run 8 (171: 2 CTAs) and 17.3 in run 9 (held to 168). A minimum of
 //! blocks on the other kernels raised their register counts by 20-40 (nvcc 13.0): plain bound there.
-template <int kKeyTiles, int kKeyDim, int kValueDim>
+template <int kKeyTiles, int kKeyDim, int kValueDim, AttentionEpilogue kEpilogue>
 __global__ void __launch_bounds__(kMaxWarpsPerCta * 32, 3) attentionFloatKernelThreeCtas(AttentionProblem const problem)
 {
-    attentionFloat<kKeyTiles, kKeyDim, kValueDim>(problem);
+    attentionFloat<kKeyTiles, kKeyDim, kValueDim, kEpilogue>(problem);
 }
 
 inline bool aligned16(void const* p)
@@ -747,29 +763,38 @@ AttentionLaunchResult launchWithShared(AttentionProblem const& problem, dim3 gri
     return {launched == cudaSuccess ? AttentionStatus::kSuccess : AttentionStatus::kLaunchFailed, launched};
 }
 
-template <int kKeyTiles, int kKeyDim, int kValueDim>
-AttentionLaunchResult launchFor(AttentionProblem const& problem, LaunchShape const& shape, dim3 grid, cudaStream_t stream)
+template <int kKeyTiles, int kKeyDim, int kValueDim, AttentionEpilogue kEpilogue>
+AttentionLaunchResult launchWithEpilogue(
+    AttentionProblem const& problem, LaunchShape const& shape, dim3 grid, cudaStream_t stream)
 {
     int const warps = shape.warps;
     dim3 const block(static_cast<unsigned>(warps * 32));
     if (problem.dtype == AttentionDType::kFloat16)
     {
         using Layout = HalfLayout<kKeyTiles, kKeyDim, kValueDim>;
-        return launchWithShared<attentionHalfKernel<kKeyTiles, kKeyDim, kValueDim>,
+        return launchWithShared<attentionHalfKernel<kKeyTiles, kKeyDim, kValueDim, kEpilogue>,
             Layout::bytes(kMaxWarpsPerCta, Layout::kKeysPadded)>(
             problem, grid, block, Layout::bytes(warps, problem.keys), stream);
     }
     using Layout = FloatLayout<kKeyTiles, kKeyDim, kValueDim>;
     if constexpr (kKeyTiles == 4 && kKeyDim == 32)
     {
-        return launchWithShared<attentionFloatKernelThreeCtas<kKeyTiles, kKeyDim, kValueDim>,
+        return launchWithShared<attentionFloatKernelThreeCtas<kKeyTiles, kKeyDim, kValueDim, kEpilogue>,
             Layout::bytes(kMaxWarpsPerCta)>(problem, grid, block, Layout::bytes(warps), stream);
     }
     else
     {
-        return launchWithShared<attentionFloatKernel<kKeyTiles, kKeyDim, kValueDim>, Layout::bytes(kMaxWarpsPerCta)>(
-            problem, grid, block, Layout::bytes(warps), stream);
+        return launchWithShared<attentionFloatKernel<kKeyTiles, kKeyDim, kValueDim, kEpilogue>,
+            Layout::bytes(kMaxWarpsPerCta)>(problem, grid, block, Layout::bytes(warps), stream);
     }
+}
+
+template <int kKeyTiles, int kKeyDim, int kValueDim>
+AttentionLaunchResult launchFor(AttentionProblem const& problem, LaunchShape const& shape, dim3 grid, cudaStream_t stream)
+{
+    return problem.epilogue == AttentionEpilogue::kHardswish
+        ? launchWithEpilogue<kKeyTiles, kKeyDim, kValueDim, AttentionEpilogue::kHardswish>(problem, shape, grid, stream)
+        : launchWithEpilogue<kKeyTiles, kKeyDim, kValueDim, AttentionEpilogue::kNone>(problem, shape, grid, stream);
 }
 
 //! Key tiles the kernels are built for: 16, 64, 208 and 256 keys (LeViT's 16, 49 and 196, and 256
@@ -819,7 +844,8 @@ char const* attentionStatusText(AttentionStatus status) noexcept
     case AttentionStatus::kMisaligned:
         return "q, k, v, bias and out must start on 16-byte boundaries, and q/k/v's batch, token and head "
                "strides must be multiples of 16 bytes";
-    case AttentionStatus::kInvalidArgument: return "sizes must be non-negative and pointers non-null";
+    case AttentionStatus::kInvalidArgument:
+        return "sizes must be non-negative, pointers non-null, and the epilogue and forced launch choices known";
     case AttentionStatus::kLaunchFailed: return "the kernel launch failed";
     case AttentionStatus::kSharedMemoryExceeded:
         return "this shape needs more shared memory per block than this GPU allows (K and a slice of V of a head "
@@ -836,7 +862,8 @@ AttentionLaunchResult attentionForward(
     int32_t const warpsPerCta = forced.warpsPerCta;
     int32_t const valueColumns = forced.valueColumns;
     if (problem.batch < 0 || problem.heads < 0 || problem.queries < 0 || problem.keys < 0 || warpsPerCta < 0
-        || warpsPerCta > kMaxWarpsPerCta)
+        || warpsPerCta > kMaxWarpsPerCta
+        || (problem.epilogue != AttentionEpilogue::kNone && problem.epilogue != AttentionEpilogue::kHardswish))
     {
         return {AttentionStatus::kInvalidArgument, cudaSuccess};
     }

@@ -17,6 +17,13 @@ enum class AttentionDType : int32_t
     kFloat16 = 1,
 };
 
+//! What the kernel applies to each output element, in fp32 before the output's rounding.
+enum class AttentionEpilogue : int32_t
+{
+    kNone = 0,
+    kHardswish = 1, //!< x * min(max(x + 3, 0), 6) / 6: LeViT's activation before each attention's projection
+};
+
 //! What attentionForward reports; attentionStatusText() gives each a sentence.
 enum class AttentionStatus : int32_t
 {
@@ -45,7 +52,7 @@ struct AttentionOperand
     int64_t headStride{0};
 };
 
-//! out[b, i, h*Dv + j] = sum_n softmax_n(scale * q[b,i,h,:].k[b,n,h,:] + bias[h,i,n]) v[b,n,h,j]
+//! out[b, i, h*Dv + j] = epilogue(sum_n softmax_n(scale * q[b,i,h,:].k[b,n,h,:] + bias[h,i,n]) v[b,n,h,j])
 struct AttentionProblem
 {
     AttentionOperand q; //!< [batch, queries, heads, keyDim]
@@ -61,6 +68,7 @@ struct AttentionProblem
     int32_t valueDim{0};
     float scale{1.0F};
     AttentionDType dtype{AttentionDType::kFloat16};
+    AttentionEpilogue epilogue{AttentionEpilogue::kNone};
 };
 
 struct AttentionLaunchResult

@@ -1,11 +1,13 @@
-// PyTorch binding of the fused attention kernel: levit_trt::attention(q, k, v, bias, scale) -> out,
-// its out= overload (tests poison `out` first) and attention_tuned (CTA size and value columns per
-// CTA forced, for tests and sweeps). q [B, Nq, H, Dq], k [B, Nk, H, Dq], v [B, Nk, H, Dv]
-// with any strides whose last is 1 (the views timm's qkv(x).view(B, N, H, -1).split(...) gives),
-// bias [H, Nq, Nk] contiguous; out [B, Nq, H*Dv] contiguous. A CUDA kernel, a Meta kernel so that FakeTensor (torch.compile,
-// torch.export) knows the output without running anything, and a CPU kernel that says CPU tensors
-// are not supported. The namespace levit_trt belongs to the softmax library (TORCH_LIBRARY); this
-// one adds to it (TORCH_LIBRARY_FRAGMENT), so both load into one process in either order.
+// PyTorch binding of the fused attention kernel: levit_trt::attention(q, k, v, bias, scale,
+// hardswish=False) -> out (hardswish applies LeViT's activation to the output in the kernel), its
+// out= overload (tests poison `out` first) and attention_tuned (CTA size and value columns per CTA
+// forced, for tests and sweeps). q [B, Nq, H, Dq], k [B, Nk, H, Dq], v [B, Nk, H, Dv] with any
+// strides whose last is 1 (the views timm's qkv(x).view(B, N, H, -1).split(...) gives), bias
+// [H, Nq, Nk] contiguous; out [B, Nq, H*Dv] contiguous. A CUDA kernel, a Meta kernel so that
+// FakeTensor (torch.compile, torch.export) knows the output without running anything, and a CPU
+// kernel that says CPU tensors are not supported. The namespace levit_trt belongs to the softmax
+// library (TORCH_LIBRARY); this one adds to it (TORCH_LIBRARY_FRAGMENT), so both load into one
+// process in either order.
 #include <cstdint>
 #include <string>
 
@@ -102,7 +104,7 @@ AttentionOperand operand(at::Tensor const& t)
 }
 
 void attentionInto(at::Tensor const& qIn, at::Tensor const& kIn, at::Tensor const& vIn, at::Tensor const& biasIn,
-    double scale, at::Tensor& out, levit_attention::AttentionLaunchOverride const& forced)
+    double scale, bool hardswish, at::Tensor& out, levit_attention::AttentionLaunchOverride const& forced)
 {
     checkSupported(qIn, kIn, vIn, biasIn);
     TORCH_CHECK(kIn.device() == qIn.device() && vIn.device() == qIn.device() && biasIn.device() == qIn.device(),
@@ -143,6 +145,7 @@ void attentionInto(at::Tensor const& qIn, at::Tensor const& kIn, at::Tensor cons
     problem.valueDim = static_cast<int32_t>(v.size(3));
     problem.scale = static_cast<float>(scale);
     problem.dtype = q.scalar_type() == at::kHalf ? AttentionDType::kFloat16 : AttentionDType::kFloat32;
+    problem.epilogue = hardswish ? levit_attention::AttentionEpilogue::kHardswish : levit_attention::AttentionEpilogue::kNone;
     cudaStream_t const stream = c10::cuda::getCurrentCUDAStream(q.device().index()).stream();
     levit_attention::AttentionLaunchResult const result
         = levit_attention::attentionForward(problem, stream, forced);
@@ -161,20 +164,21 @@ c10::Device cudaDeviceOf(at::Tensor const& q)
     return q.device();
 }
 
-at::Tensor attention(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias, double scale)
+at::Tensor attention(
+    at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias, double scale, bool hardswish)
 {
     c10::cuda::CUDAGuard const deviceGuard(cudaDeviceOf(q));
     checkSupported(q, k, v, bias);
     at::Tensor out = at::empty(outputShape(q, v), q.options());
-    attentionInto(q, k, v, bias, scale, out, {});
+    attentionInto(q, k, v, bias, scale, hardswish, out, {});
     return out;
 }
 
-at::Tensor& attentionOut(
-    at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias, double scale, at::Tensor& out)
+at::Tensor& attentionOut(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias,
+    double scale, bool hardswish, at::Tensor& out)
 {
     c10::cuda::CUDAGuard const deviceGuard(cudaDeviceOf(q));
-    attentionInto(q, k, v, bias, scale, out, {});
+    attentionInto(q, k, v, bias, scale, hardswish, out, {});
     return out;
 }
 
@@ -189,18 +193,19 @@ void attentionTuned(at::Tensor const& q, at::Tensor const& k, at::Tensor const& 
         "levit_trt::attention_tuned: value_columns must be 0 (the dispatcher's choice), or 32, 64 or 128 and at most "
         "the value head size ", std::to_string(v.size(3)), "; got ", std::to_string(valueColumns));
     c10::cuda::CUDAGuard const deviceGuard(cudaDeviceOf(q));
-    attentionInto(q, k, v, bias, scale, out, {static_cast<int32_t>(warpsPerCta), static_cast<int32_t>(valueColumns)});
+    attentionInto(
+        q, k, v, bias, scale, false, out, {static_cast<int32_t>(warpsPerCta), static_cast<int32_t>(valueColumns)});
 }
 
-at::Tensor attentionMeta(
-    at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias, double /* scale */)
+at::Tensor attentionMeta(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, at::Tensor const& bias,
+    double /* scale */, bool /* hardswish */)
 {
     checkSupported(q, k, v, bias);
     return at::empty(outputShape(q, v), q.options());
 }
 
-at::Tensor attentionCpu(
-    at::Tensor const& q, at::Tensor const& /* k */, at::Tensor const& /* v */, at::Tensor const& /* bias */, double)
+at::Tensor attentionCpu(at::Tensor const& q, at::Tensor const& /* k */, at::Tensor const& /* v */,
+    at::Tensor const& /* bias */, double, bool)
 {
     TORCH_CHECK(false, "levit_trt::attention runs on CUDA tensors only; got q on ", q.device(),
         " (move the tensors with .cuda(), or use F.scaled_dot_product_attention on the CPU)");
@@ -210,8 +215,9 @@ at::Tensor attentionCpu(
 
 TORCH_LIBRARY_FRAGMENT(levit_trt, m)
 {
-    m.def("attention(Tensor q, Tensor k, Tensor v, Tensor bias, float scale) -> Tensor");
-    m.def("attention.out(Tensor q, Tensor k, Tensor v, Tensor bias, float scale, *, Tensor(a!) out) -> Tensor(a!)");
+    m.def("attention(Tensor q, Tensor k, Tensor v, Tensor bias, float scale, bool hardswish=False) -> Tensor");
+    m.def("attention.out(Tensor q, Tensor k, Tensor v, Tensor bias, float scale, bool hardswish=False, *, "
+          "Tensor(a!) out) -> Tensor(a!)");
     m.def("attention_tuned(Tensor q, Tensor k, Tensor v, Tensor bias, float scale, Tensor(a!) out, "
           "int warps_per_cta, int value_columns) -> ()");
 }
