@@ -33,7 +33,7 @@ enum class AttentionStatus : int32_t
     kUnsupportedKeyCount = 3, //!< fewer than 1 or more than kMaxKeys keys
     kTooLarge = 4,            //!< batch over 65535 (grid z) or heads x valueDim / 32 over 65535 (grid y)
     kMisaligned = 5,          //!< a q/k/v/out/bias pointer or token/head/batch stride not 16-byte aligned
-    kInvalidArgument = 6,     //!< negative sizes or null pointers
+    kInvalidArgument = 6,     //!< negative sizes, null pointers, an unknown epilogue or an out-of-range forced choice
     kLaunchFailed = 7,        //!< the CUDA launch itself failed; cudaStatus says why
     kSharedMemoryExceeded = 8, //!< the launch needs more shared memory per block than the device allows
 };
