@@ -217,7 +217,9 @@ def to_device(model: nn.Module, device: torch.device | str, dtype: torch.dtype,
     """
     device = torch.device(device)
     model = model.to(device, dtype)
-    if device.type == "cuda" if channels_last_stem is None else channels_last_stem:
+    if channels_last_stem is None:
+        channels_last_stem = device.type == "cuda"
+    if channels_last_stem:
         cast(nn.Module, model.stem).to(memory_format=torch.channels_last)
     return model
 

@@ -64,8 +64,9 @@ def test_token_stream_is_contiguous(timm_model: nn.Module, dtype: torch.dtype) -
     assert not strided, f"block inputs in strided memory: {strided}"
 
 
-def test_to_device_makes_the_stem_channels_last_on_cuda_only(timm_model: nn.Module) -> None:
-    # On the CPU the stem stays NCHW (oneDNN's channels-last fp32 convolutions round 4x more).
+def test_to_device_keeps_the_cpu_stem_nchw_unless_asked(timm_model: nn.Module) -> None:
+    # On the CPU the stem stays NCHW (oneDNN's channels-last fp32 convolutions round 4x more); on CUDA
+    # (not here) it goes channels-last by default.
     def stem_weights(model: nn.Module) -> list[torch.Tensor]:
         return [p for p in model.stem.parameters() if p.dim() == 4]
 

@@ -179,7 +179,7 @@ def measure(shape: AttentionShape, names: list[str], batch: int, dtype: torch.dt
                        moved / (copy_gbs * 1e9) * 1e6, flops / (tflops * 1e12) * 1e6, target, met)
 
 
-def sweep_launch_shapes(shape: AttentionShape, batch: int, args) -> dict[str, object]:
+def sweep_launch_shapes(shape: AttentionShape, batch: int, args: argparse.Namespace) -> dict[str, object]:
     """Per-call times of every forced (warps, value columns) launch and the dispatcher's (`auto`), fp16."""
     q, k, v, bias = model_inputs(shape, batch, torch.float16)
     out = torch.empty((batch, shape.queries, shape.heads * shape.value_dim), device="cuda", dtype=torch.float16)

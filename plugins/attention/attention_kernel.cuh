@@ -17,7 +17,7 @@
 // the m16k16 A layout), FlashAttention-2 style. The row sum stays in fp32 and divides O at the end.
 // fp32: the same structure on the SIMT units (plain fp32 FMA, not TF32: TF32's 10-bit mantissa
 // would miss the fp32 tolerance): a warp takes its 16 rows 4 at a time, each lane 1/32 of the keys
-// for q.k and 1/32 of the value columns for P.V, the probabilities passed through shared memory.
+// for q.k and 1/32 of the slice's value columns for P.V, the probabilities passed through shared memory.
 //
 // No framework includes: the TensorRT plugin and the PyTorch op both call attentionForward().
 // Include this header in exactly one translation unit per library (attention_kernel.cu does).
@@ -616,8 +616,9 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionFloatKernel(Att
 
 //! The fp32 kernel for 64 keys (LeViT's 49) and key heads of 32, held to 168 registers so that 3
 //! CTAs of 4 warps fit a multiprocessor: on the H200, batch 64 [5, 49, 49, 32, 64] took 17.4 us in
-//! run 3 (166 registers), 27.6 in run 8 (171: 2 CTAs) and 17.3 in run 9 (held to 168). A minimum of
-//! blocks on the other kernels raised their register counts by 20-40 (nvcc 13.0): plain bound there.
+//! run 3 (166 registers), 27.6 in run 8 (171: 2 CTAs) and 17.3 in run 9 (held to 168). The bound
+//! covers every value width; it spills 16 bytes at 64 columns and 24 at 32. A minimum of blocks on
+//! the other kernels raised their register counts by 20-40 (nvcc 13.0): plain bound there.
 template <int kKeyTiles, int kKeyDim, int kValueDim, AttentionEpilogue kEpilogue>
 __global__ void __launch_bounds__(kMaxWarpsPerCta * 32, 3) attentionFloatKernelThreeCtas(AttentionProblem const problem)
 {
@@ -840,7 +841,7 @@ char const* attentionStatusText(AttentionStatus status) noexcept
     case AttentionStatus::kUnsupportedValueDim: return "the value head size must be 32, 64 or 128";
     case AttentionStatus::kUnsupportedKeyCount: return "the number of keys must be 1 to 256";
     case AttentionStatus::kTooLarge:
-        return "batch must be at most 65535, and heads at most 65535 / (value head size / 32)";
+        return "batch must be at most 65535, and heads times the value head's slices per CTA at most 65535";
     case AttentionStatus::kMisaligned:
         return "q, k, v, bias and out must start on 16-byte boundaries, and q/k/v's batch, token and head "
                "strides must be multiples of 16 bytes";
@@ -875,11 +876,16 @@ AttentionLaunchResult attentionForward(
     {
         return {AttentionStatus::kUnsupportedValueDim, cudaSuccess};
     }
+    if (valueColumns != 0
+        && ((valueColumns != 32 && valueColumns != 64 && valueColumns != 128) || valueColumns > problem.valueDim))
+    {
+        return {AttentionStatus::kInvalidArgument, cudaSuccess};
+    }
     if (problem.keys < 1 || problem.keys > kMaxKeys)
     {
         return {AttentionStatus::kUnsupportedKeyCount, cudaSuccess};
     }
-    if (problem.batch > 65535 || problem.heads > 65535 / (problem.valueDim / 32))
+    if (problem.batch > 65535 || problem.heads > 65535)
     {
         return {AttentionStatus::kTooLarge, cudaSuccess};
     }
@@ -899,18 +905,17 @@ AttentionLaunchResult attentionForward(
     {
         return {AttentionStatus::kMisaligned, cudaSuccess};
     }
-    if (valueColumns != 0
-        && (valueColumns != 32 && valueColumns != 64 && valueColumns != 128 || valueColumns > problem.valueDim))
-    {
-        return {AttentionStatus::kInvalidArgument, cudaSuccess};
-    }
     int const tiles = (problem.queries + kRowsPerWarp - 1) / kRowsPerWarp;
     detail::LaunchShape shape = detail::launchShapeFor(problem, tiles, warpsPerCta, valueColumns);
     while (true)
     {
+        int64_t const headSlices = static_cast<int64_t>(problem.heads) * (problem.valueDim / shape.columns);
+        if (headSlices > 65535)
+        {
+            return {AttentionStatus::kTooLarge, cudaSuccess}; // grid y
+        }
         dim3 const grid(static_cast<unsigned>((tiles + shape.warps - 1) / shape.warps),
-            static_cast<unsigned>(problem.heads * (problem.valueDim / shape.columns)),
-            static_cast<unsigned>(problem.batch));
+            static_cast<unsigned>(headSlices), static_cast<unsigned>(problem.batch));
         AttentionLaunchResult const result = problem.keyDim == 16
             ? detail::launchForColumns<16>(problem, shape, grid, stream)
             : detail::launchForColumns<32>(problem, shape, grid, stream);

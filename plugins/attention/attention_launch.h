@@ -31,15 +31,16 @@ enum class AttentionStatus : int32_t
     kUnsupportedKeyDim = 1,   //!< key (q/k head) size other than 16 or 32
     kUnsupportedValueDim = 2, //!< value head size other than 32, 64 or 128
     kUnsupportedKeyCount = 3, //!< fewer than 1 or more than kMaxKeys keys
-    kTooLarge = 4,            //!< batch over 65535 (grid z) or heads x valueDim / 32 over 65535 (grid y)
+    kTooLarge = 4,            //!< batch over 65535 (grid z), or heads x value-column slices over 65535 (grid y)
     kMisaligned = 5,          //!< a q/k/v/out/bias pointer or token/head/batch stride not 16-byte aligned
     kInvalidArgument = 6,     //!< negative sizes, null pointers, an unknown epilogue or an out-of-range forced choice
     kLaunchFailed = 7,        //!< the CUDA launch itself failed; cudaStatus says why
     kSharedMemoryExceeded = 8, //!< the launch needs more shared memory per block than the device allows
 };
 
-//! Most keys one (batch, head) may have: K and V of a head are staged whole in shared memory, and a
-//! warp holds a whole score row in registers (LeViT at 224x224 has at most 196; 256x256 input, 256).
+//! Most keys one (batch, head) may have: K and a slice of V of a head are staged whole in shared
+//! memory, and a warp holds a whole score row in registers (LeViT at 224x224 has at most 196; 256x256
+//! input, 256).
 constexpr int32_t kMaxKeys = 256;
 
 //! One of q, k, v: its first element for batch 0, token 0, head 0, and strides in elements. The last

@@ -65,8 +65,7 @@ void checkSupported(at::Tensor const& q, at::Tensor const& k, at::Tensor const& 
     TORCH_CHECK(keys >= 1 && keys <= levit_attention::kMaxKeys, "levit_trt::attention: ", std::to_string(keys),
         " keys are not supported (1 to ", std::to_string(levit_attention::kMaxKeys), "); got ",
         describe(q, k, v, bias));
-    TORCH_CHECK(batch <= 65535 && heads * (v.size(3) / 32) <= 65535,
-        "levit_trt::attention: batch must be at most 65535, and heads at most 65535 / (value head size / 32); got ",
+    TORCH_CHECK(batch <= 65535 && heads <= 65535, "levit_trt::attention: batch and heads must each be at most 65535; got ",
         describe(q, k, v, bias));
     TORCH_CHECK(q.stride(3) == 1 && k.stride(3) == 1 && v.stride(3) == 1,
         "levit_trt::attention: the last axis of q, k and v must be contiguous (stride 1); got strides q ",
