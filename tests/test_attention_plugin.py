@@ -25,22 +25,6 @@ DTYPES = (torch.float32, torch.float16)
 SHAPE_IDS = [f"{s.variant}-{s.layer}" for s in LEVIT_ATTENTION_SHAPES]
 
 
-@pytest.fixture(scope="module")
-def attention_op():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device: torch.cuda.is_available() is False")
-    try:
-        return plugins.load_attention_op()
-    except plugins.PluginNotBuiltError as error:
-        pytest.skip(f"attention op library not built: {error}")
-
-
-@pytest.fixture
-def generator() -> torch.Generator:
-    seed = torch.seed()  # fresh inputs each run; the seed is in the failure message
-    return torch.Generator(device="cuda").manual_seed(seed)
-
-
 def poisoned_output(q: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return torch.full((q.shape[0], q.shape[1], q.shape[2] * v.shape[3]), float("nan"), device="cuda", dtype=q.dtype)
 

@@ -23,22 +23,6 @@ LEADING_SHAPES = ((5,), (3, 7), (2, 3, 4))
 DTYPES = (torch.float32, torch.float16)
 
 
-@pytest.fixture(scope="module")
-def softmax_op():
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device: torch.cuda.is_available() is False")
-    try:
-        return plugins.load_torch_op()
-    except plugins.PluginNotBuiltError as error:
-        pytest.skip(f"PyTorch op library not built: {error}")
-
-
-@pytest.fixture
-def generator() -> torch.Generator:
-    seed = torch.seed()  # fresh inputs each run; the seed is in the failure message
-    return torch.Generator(device="cuda").manual_seed(seed)
-
-
 def random_input(shape, dtype, generator, scale: float = 3.0) -> torch.Tensor:
     return (torch.randn(shape, device="cuda", generator=generator) * scale).to(dtype)
 
