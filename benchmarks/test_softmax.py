@@ -2,7 +2,7 @@
 softmax layer against our TensorRT plugin where TensorRT exists (ids like
 `softmax-plugin-fp16-16x6x196x196`; one group per shape and precision, so they sit together).
 
-Shapes come from `levit_trt.variants.attention_shapes` for the selected variants and batch sizes,
+Shapes come from `levit_trt.attention_shapes.softmax_shapes` for the selected variants and batch sizes,
 in fp32 and fp16 (the plugin's two types). Each implementation is captured CALLS_PER_GRAPH times
 back-to-back in one CUDA graph and replayed, so kernels of a few microseconds are not hidden behind
 launch overhead; extra_info holds that GPU time per call and the bytes moved per second (input read
@@ -20,12 +20,12 @@ from functools import partial
 import pytest
 import torch
 
+from levit_trt.attention_shapes import softmax_shapes
 from levit_trt.backends.base import BackendUnavailable
 from levit_trt.environment import module_versions
 from levit_trt.matrix import benchmark_rounds, selected_batch_sizes, selected_device, selected_variants
 from levit_trt.plugins import PluginNotBuiltError, load_torch_op, plugin_softmax
 from levit_trt.timing import synchronised, time_cuda_graph
-from levit_trt.variants import attention_shapes
 
 IMPLEMENTATIONS = ("native", "plugin", "tensorrt", "tensorrt-plugin")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -58,7 +58,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     shapes: dict[tuple[int, int, int, int], list[str]] = {}
     for variant in selected_variants(metafunc.config):
         for batch in selected_batch_sizes(metafunc.config):
-            for shape in attention_shapes(variant, batch):
+            for shape in softmax_shapes(variant, batch):
                 shapes.setdefault(shape, []).append(variant.name)
     cases = [SoftmaxCase(impl, precision, shape, tuple(names))
              for shape, names in shapes.items() for precision in DTYPES for impl in IMPLEMENTATIONS]

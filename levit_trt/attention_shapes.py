@@ -73,6 +73,11 @@ def variant_attention_shapes(variant: Variant) -> list[AttentionShape]:
     return shapes
 
 
+def softmax_shapes(variant: Variant, batch: int) -> list[tuple[int, int, int, int]]:
+    """Distinct softmax input shapes [B, heads, queries, keys] of the variant's attention layers, in network order."""
+    return list(dict.fromkeys((batch, s.heads, s.queries, s.keys) for s in variant_attention_shapes(variant)))
+
+
 LEVIT_ATTENTION_SHAPES: tuple[AttentionShape, ...] = tuple(
     shape for variant in VARIANTS.values() for shape in variant_attention_shapes(variant)
 )

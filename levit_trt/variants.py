@@ -99,22 +99,3 @@ def resolve_variants(names: str | list[str]) -> list[Variant]:
     if items == ["all"]:
         return list(VARIANTS.values())
     return [resolve_variant(n) for n in items]
-
-
-def attention_shapes(variant: Variant, batch: int) -> list[tuple[int, int, int, int]]:
-    """Distinct softmax input shapes [B, heads, queries, keys] of the variant's attention layers.
-
-    Follows timm's LeViT at 224x224 with its stride-16 stem: stages run at 14x14, 7x7 and 4x4;
-    the two downsampling attentions use embed_dim // key_dim heads with queries from the halved grid.
-    """
-    grids = [variant.input_size // 16]
-    for _ in range(2):
-        grids.append((grids[-1] - 1) // 2 + 1)
-    shapes: list[tuple[int, int, int, int]] = []
-    for stage, (grid, heads) in enumerate(zip(grids, variant.num_heads)):
-        tokens = grid * grid
-        if stage > 0:
-            down_heads = variant.embed_dims[stage - 1] // variant.key_dim
-            shapes.append((batch, down_heads, tokens, grids[stage - 1] ** 2))
-        shapes.append((batch, heads, tokens, tokens))
-    return list(dict.fromkeys(shapes))

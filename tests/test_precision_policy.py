@@ -9,6 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from levit_trt.attention_shapes import softmax_shapes
 from levit_trt.onnx_rewrites import replace_softmax_with_plugin
 from levit_trt.precision_policy import (
     POLICIES,
@@ -18,7 +19,7 @@ from levit_trt.precision_policy import (
     quantizable_nodes,
     resolve_policy,
 )
-from levit_trt.variants import attention_shapes, resolve_variant
+from levit_trt.variants import resolve_variant
 
 
 def _const(name: str, shape: tuple[int, ...]) -> onnx.TensorProto:
@@ -95,7 +96,7 @@ def test_default_policy_on_exported_levit(model_source) -> None:
         for name in attention_bias_adds(model))
     expected: collections.Counter[tuple[int, ...]] = collections.Counter()
     stage = 0
-    for _, heads, queries, keys in attention_shapes(variant, batch=1):  # stage by stage
+    for _, heads, queries, keys in softmax_shapes(variant, batch=1):  # stage by stage
         if queries == keys:
             expected[(heads, queries, keys)] += variant.depths[stage]
             stage += 1

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from levit_trt.variants import VARIANTS, UnknownVariantError, attention_shapes, resolve_variant, resolve_variants
+from levit_trt.attention_shapes import softmax_shapes
+from levit_trt.variants import VARIANTS, UnknownVariantError, resolve_variant, resolve_variants
 
 
 @pytest.mark.parametrize("spelling", ["384", "LeViT-384", "LeViT_384", "levit_384", "LEVIT-384", " levit384 "])
@@ -74,4 +75,4 @@ def test_attention_shapes_match_the_softmax_inputs_of_the_model(name: str) -> No
             model(torch.randn(3, 3, 224, 224))
     finally:
         torch.Tensor.softmax = original  # type: ignore[method-assign]
-    assert sorted(set(seen)) == sorted(attention_shapes(variant, 3))
+    assert sorted(set(seen)) == sorted(softmax_shapes(variant, 3))
