@@ -25,7 +25,6 @@ NUM_CLASSES = 1000
 ONNX_FILENAME = "model.onnx"
 # Bump when export code changes in a way that changes the produced graph.
 EXPORT_RECIPE_VERSION = 1
-QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
 
 Exporter = Literal["dynamo", "torchscript"]
 OnnxPrecision = Literal["fp32", "fp16"]

@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # onnx is imported where a graph is read, so the CLI parser s
 # The op types that get INT8 inputs at all: the weighted layers, the attention matmuls, the
 # elementwise adds/muls between activations, the activations and softmax. Data movement (Reshape,
 # Transpose, Split, Slice) is left out: TensorRT moves Q/DQ across it by itself.
+QDQ_OP_TYPES = ("QuantizeLinear", "DequantizeLinear")
 QUANTIZED_OP_TYPES: tuple[str, ...] = (
     "Conv", "Gemm", "MatMul", "Add", "Mul", "HardSwish", "HardSigmoid", "Softmax",
 )

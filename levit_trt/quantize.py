@@ -48,8 +48,8 @@ import onnx
 
 from levit_trt.cache import atomic_output, cached_build
 from levit_trt.calibration import CalibrationSet
-from levit_trt.export import INPUT_NAME, QDQ_OP_TYPES, check_onnx, load_onnx, onnx_content_sha256
-from levit_trt.precision_policy import QUANTIZED_OP_TYPES, PrecisionPolicy, quantizable_nodes
+from levit_trt.export import INPUT_NAME, check_onnx, load_onnx, onnx_content_sha256
+from levit_trt.precision_policy import QDQ_OP_TYPES, QUANTIZED_OP_TYPES, PrecisionPolicy, quantizable_nodes
 
 QDQ_ONNX_FILENAME = "model.qdq.onnx"
 METADATA_KEY = "levit_trt.quantization"

@@ -5,6 +5,8 @@ ONNX functions, which plugin libraries an ONNX and a plugin backend need, the wh
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -217,3 +219,11 @@ def test_plugin_backends_need_the_library_of_their_plugin(stand_in_libraries: di
         with pytest.raises(UnsupportedCombination, match=f"backend '{backend.name}' has no plugin 'flash'"):
             backend.availability_for("cpu", plugin="flash")
     assert tensorrt_backends.TensorRTBackend.availability_for("cpu", plugin="attention").available  # no plugin used
+
+
+def test_the_rtx_build_child_does_not_import_torch() -> None:
+    # build_process runs each TensorRT-RTX build in a child that imports levit_trt.tensorrt.builder;
+    # torch there cost ~1.5 s per build (it came in through levit_trt.export for one constant).
+    code = "import sys, levit_trt.tensorrt.builder; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

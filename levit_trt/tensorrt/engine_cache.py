@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from levit_trt.cache import atomic_outputs, cache_key, cached_build, canonical_json, read_manifest
 from levit_trt.calibration import SYNTHETIC_CALIBRATION_IMAGES
-from levit_trt.export import QDQ_OP_TYPES, load_onnx, onnx_content_sha256
+from levit_trt.export import load_onnx, onnx_content_sha256
 from levit_trt.plugins import library_sha256, softmax_plugin_identity
-from levit_trt.precision_policy import DEFAULT_POLICY
+from levit_trt.precision_policy import DEFAULT_POLICY, QDQ_OP_TYPES
 from levit_trt.tensorrt.layer_report import (
     LAYERS_FILENAME,
     REPORT_KEY,

@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from levit_trt.export import QDQ_OP_TYPES
+from levit_trt.precision_policy import QDQ_OP_TYPES
 
 if TYPE_CHECKING:
     import onnx
