@@ -76,7 +76,7 @@ def evaluate(
     """
     from tqdm import tqdm
 
-    from levit_trt.environment import machine_info
+    from levit_trt.environment import module_versions
 
     variant = resolve_variant(variant)
     top1 = top5 = seen = 0
@@ -115,7 +115,7 @@ def evaluate(
         weights=weights, images=seen, top1=100.0 * top1 / seen, top5=100.0 * top5 / seen,
         images_per_s=seen / elapsed, seconds=elapsed, loader_wait_s=waiting,
         unreadable=len(unreadable), unreadable_examples=tuple(str(samples[i][0]) for i in unreadable[:10]),
-        backend_info=backend.describe(), versions=machine_info()["versions"], extra=dict(extra or {}),
+        backend_info=backend.describe(), versions=module_versions(), extra=dict(extra or {}),
     )
 
 

@@ -78,8 +78,9 @@ def _export(args: argparse.Namespace) -> int:
                             softmax_plugin=args.softmax_plugin)
     weights = parse_weights(args.weights)
     cache_dir = ensure_cache_dir(args.cache_dir)
-    hit = find_cached_onnx(variant, weights, options, cache_dir) is not None
-    onnx_path = cached_onnx(variant, weights, options, cache_dir)
+    cached = find_cached_onnx(variant, weights, options, cache_dir)
+    hit = cached is not None
+    onnx_path = cached if cached is not None else cached_onnx(variant, weights, options, cache_dir)
     with atomic_output(args.out) as tmp:
         shutil.copyfile(onnx_path, tmp)
     print(f"wrote {args.out} ({variant.display}, {options}; {'cache hit' if hit else 'exported into the cache'}: "

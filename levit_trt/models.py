@@ -7,7 +7,7 @@ the same function and their timings compare like with like.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +87,7 @@ class PreparedAttention(nn.Module):
     kv: nn.Module
     q: nn.Module
     proj: nn.Module
+    attention: ClassVar[AttentionImpl] = "explicit"  # each form class says which it is
 
     def __init__(self, source: nn.Module, softmax: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
@@ -97,7 +98,6 @@ class PreparedAttention(nn.Module):
         self.num_heads = timm_layer.num_heads
         self.key_dim = timm_layer.key_dim
         self.val_dim = timm_layer.val_dim
-        self.val_attn_dim = timm_layer.val_attn_dim
         self.scale = timm_layer.scale
         if self.downsample:
             self.kv, self.q = timm_layer.kv, timm_layer.q
@@ -108,7 +108,6 @@ class PreparedAttention(nn.Module):
             bias = timm_layer.attention_biases[:, timm_layer.attention_bias_idxs].detach().clone()
         self.register_buffer("attention_bias", bias)
         self.softmax = softmax
-        self.attention: AttentionImpl = "explicit"
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                scale: float) -> torch.Tensor:
@@ -140,6 +139,8 @@ class PluginSoftmaxAttention(PreparedAttention):
 class SdpaAttention(PreparedAttention):
     """Attention as `F.scaled_dot_product_attention` with the bias as additive mask."""
 
+    attention = "sdpa"
+
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                scale: float) -> torch.Tensor:
         return sdpa_attention(q, k, v, bias, scale)
@@ -151,6 +152,8 @@ class FusedAttention(PreparedAttention):
     timm's `proj` is Sequential(Hardswish, Linear): the op applies the Hardswish to its output (one
     launch less per attention), and only the Linear runs after it.
     """
+
+    attention = "fused"
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
                scale: float) -> torch.Tensor:
@@ -241,7 +244,6 @@ def _set_form(model: nn.Module, attention: str, softmax: str) -> nn.Module:
     softmax_fn = softmax_function(softmax)
     for layer in layers:
         layer.__class__ = _LAYER_CLASSES[(attention, softmax)]
-        layer.attention = attention  # type: ignore[assignment]  # checked against ATTENTION_IMPLS above
         layer.softmax = softmax_fn
     return model
 
