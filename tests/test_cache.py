@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from levit_trt import cache
 from levit_trt.cache import (
     CacheError,
     atomic_output,
@@ -196,10 +197,20 @@ def test_only_temporaries_of_dead_writers_on_this_host_are_removed(tmp_path: Pat
     assert sorted(os.listdir(tmp_path)) == sorted(["a.onnx", *(path.name for path in kept)])
 
 
-def test_a_running_build_keeps_its_temporary(tmp_path: Path) -> None:
+def test_a_running_build_keeps_its_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second builder of the same entry waits for the lock; it never removes the first one's directory."""
-    started, release = threading.Event(), threading.Event()
+    started, release, second_at_lock = threading.Event(), threading.Event(), threading.Event()
     temporaries: list[Path] = []
+    real_lock = cache.file_lock
+
+    @contextmanager
+    def observed_lock(path: Path) -> Iterator[None]:
+        if threading.current_thread().name == "second builder":
+            second_at_lock.set()
+        with real_lock(path):
+            yield
+
+    monkeypatch.setattr(cache, "file_lock", observed_lock)
 
     def slow_build(directory: Path) -> None:
         temporaries.append(directory)
@@ -212,10 +223,11 @@ def test_a_running_build_keeps_its_temporary(tmp_path: Path) -> None:
     started.wait(10)
     second_result: list[Path] = []
     second = threading.Thread(target=lambda: second_result.append(
-        cached_build(tmp_path, "kind", {"x": 1}, lambda d: (d / "artifact").write_text("second"))))
+        cached_build(tmp_path, "kind", {"x": 1}, lambda d: (d / "artifact").write_text("second"))),
+        name="second builder")
     second.start()
     other = cached_build(tmp_path, "kind", {"x": 2}, lambda d: (d / "artifact").write_text("other"))  # another key
-    time.sleep(0.2)
+    assert second_at_lock.wait(10)
     assert temporaries[0].is_dir() and other.is_dir()
     release.set()
     first.join(10)

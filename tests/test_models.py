@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from levit_trt import models, plugins
+from levit_trt.attention_reference import relative_error
 from levit_trt.models import (
     PreparedAttention,
     attention_forms,
@@ -83,7 +84,7 @@ def test_random_weights_are_not_degenerate(timm_model: nn.Module) -> None:
     with torch.no_grad():
         logits = timm_model(images)
     assert len(set(logits.argmax(1).tolist())) >= 8  # measured (recipe 3): 12 distinct top-1 classes of 16
-    assert logits.std(dim=0).mean() > 0.05 * logits.std()  # variation across images, not a constant: measured 0.84
+    assert logits.std(dim=0).mean() > 0.5 * logits.std()  # variation across images, not a constant: measured 0.84
 
 
 def test_unknown_softmax_is_refused() -> None:
@@ -114,10 +115,6 @@ def float64_reference(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The explicit form of `model` in float64: the reference every attention form is judged against."""
     with torch.no_grad():
         return set_attention(copy.deepcopy(model), "explicit").double()(images.double())
-
-
-def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
-    return ((got.double() - reference).norm() / reference.norm()).item()
 
 
 def test_sdpa_form_matches_float64_explicit_form(timm_model: nn.Module, monkeypatch) -> None:

@@ -408,8 +408,8 @@ def test_build_loads_the_attention_library_besides_given_plugins(sources: dict[s
                                                                          "liblevit_softmax_trt.so"]
 
 
-def test_attention_plugin_onnx_without_its_library_says_how_to_build_it(sources: dict[str, ModelSource], tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch,
+def test_attention_plugin_onnx_without_its_library_says_how_to_build_it(rtx: None, sources: dict[str, ModelSource],
+                                                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     onnx_path = sources["128S"].onnx_path(ExportOptions(attention_plugin=True))
     monkeypatch.setenv("LEVIT_TRT_PLUGIN_DIR", str(tmp_path / "no-plugins"))
