@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from softmax_gpu_check import copy_bandwidth_gbs, device_summary, report_correctness, times_per_call_us
+from softmax_gpu_check import check_arguments, copy_bandwidth_gbs, device_summary, report_correctness, times_per_call_us
 
 from levit_trt import plugins
 from levit_trt.attention_reference import model_inputs, reference_attention, relative_error
@@ -220,13 +220,7 @@ def print_table(speed: list[SpeedResult]) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=30, help="timed graph replays per measurement")
-    parser.add_argument("--calls", type=int, default=20, help="calls captured per graph")
-    parser.add_argument("--sweep", action="store_true", help="also time every forced launch shape (fp16)")
-    parser.add_argument("--correctness-only", action="store_true",
-                        help="only the correctness checks (small and quick: for compute-sanitizer)")
-    args = parser.parse_args()
+    args = check_arguments(__doc__.splitlines()[0], 30, "also time every forced launch shape (fp16)").parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2

@@ -282,15 +282,21 @@ def print_sweep(sweep: list[dict[str, object]]) -> None:
         print("   ", " ".join(f"{k}={v:.2f}" for k, v in timings.items()))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=50, help="timed graph replays per measurement")
+def check_arguments(description: str, rounds: int, sweep_help: str) -> argparse.ArgumentParser:
+    """The options both GPU check tools take: timing rounds and calls, --sweep, --correctness-only."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--rounds", type=int, default=rounds, help="timed graph replays per measurement")
     parser.add_argument("--calls", type=int, default=20, help="calls captured per graph")
-    parser.add_argument("--sweep", action="store_true", help="also time every launch shape (tuning)")
-    parser.add_argument("--sweep-paths", type=sweep_paths, default=set(PATHS),
-                        help=f"comma-separated kernels the sweep covers, of {','.join(PATHS)} (default: all)")
+    parser.add_argument("--sweep", action="store_true", help=sweep_help)
     parser.add_argument("--correctness-only", action="store_true",
                         help="only the correctness checks (small and quick: for compute-sanitizer)")
+    return parser
+
+
+def main() -> int:
+    parser = check_arguments(__doc__.splitlines()[0], 50, "also time every launch shape (tuning)")
+    parser.add_argument("--sweep-paths", type=sweep_paths, default=set(PATHS),
+                        help=f"comma-separated kernels the sweep covers, of {','.join(PATHS)} (default: all)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
