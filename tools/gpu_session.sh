@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Everything GPU-side in one command: build the plugin ops, run the GPU tests, check both kernels
 # with compute-sanitizer, measure the softmax and fused attention kernels, profile a forward, time
-# every attention form end to end, and run the latency matrix.
+# every attention form end to end, run the latency matrix, and profile single attention launches with ncu.
 #
 #   tools/gpu_session.sh [STAGE ...]
-#     stages: build tests sanitizer softmax attention profile end-to-end matrix
+#     stages: build tests sanitizer softmax attention profile end-to-end matrix ncu
 #     (default: build tests sanitizer attention profile end-to-end)
 #
 # Run from the repository root on a CUDA machine with torch, timm, onnx and onnxruntime installed
@@ -21,6 +21,8 @@
 # Matrix selection: MATRIX_VARIANTS (384), MATRIX_BACKENDS (auto: every CUDA backend available),
 # MATRIX_PRECISIONS (fp32,fp16), MATRIX_BATCHES (1,16,64), MATRIX_ARGS (e.g. --cuda-graphs),
 # MATRIX_REPORT_ARGS (e.g. --baseline torch-cudagraph-fp16 where the run has no torch fp32 case).
+# NCU_LAUNCHES: the attention launches the ncu stage profiles, as variant:layer:batch (default
+# "384:downsample1:64 192:downsample1:16"); one ncu-<variant>-<layer>-b<batch>.txt each.
 set -uo pipefail
 
 top=${OUT:-$PWD/gpu-results}
@@ -61,6 +63,21 @@ profile() {
         python3 -m levit_trt.cli profile --variant "${PROFILE_VARIANT:-384}" --weights random --backend "$backend" \
             --precision fp16 --batch "${PROFILE_BATCH:-16}" --json "$RESULTS/profile-$backend.json" \
             | tee "$RESULTS/profile-$backend.txt" || status=1
+    done
+    return $status
+}
+
+ncu_launches() {
+    local launch variant layer batch status=0
+    for launch in ${NCU_LAUNCHES:-384:downsample1:64 192:downsample1:16}; do
+        IFS=: read -r variant layer batch <<<"$launch"
+        timeout "$limit" ncu --clock-control none -k regex:attention --launch-skip 2 --launch-count 1 \
+            --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
+            --section WarpStateStats --section MemoryWorkloadAnalysis --section SourceCounters \
+            --metrics smsp__inst_executed.sum \
+            python3 tools/attention_launch.py --variant "$variant" --layer "$layer" --batch "$batch" \
+            >"$RESULTS/ncu-$variant-$layer-b$batch.txt" 2>&1 || status=1
+        grep -E "attention|Duration|inst_executed|Issued Warp" "$RESULTS/ncu-$variant-$layer-b$batch.txt"
     done
     return $status
 }
@@ -111,8 +128,11 @@ for stage in $stages; do
             python3 -m levit_trt.cli report "$RESULTS/latency.json" ${MATRIX_REPORT_ARGS:-} | tee "$RESULTS/latency.md"
         fi
         ;;
+    ncu)
+        run_stage ncu ncu_launches
+        ;;
     *)
-        echo "unknown stage $stage (build tests sanitizer softmax attention profile end-to-end matrix)"
+        echo "unknown stage $stage (build tests sanitizer softmax attention profile end-to-end matrix ncu)"
         failed+=("$stage")
         ;;
     esac

@@ -47,18 +47,11 @@ __device__ __forceinline__ uint32_t sharedAddress(void const* pointer)
     return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
 }
 
-//! 16 bytes global -> shared, asynchronous; with `valid` false it writes 16 zero bytes and reads nothing.
-__device__ __forceinline__ void copyChunkAsync(void* sharedDst, void const* globalSrc, bool valid)
+//! 16 bytes global -> shared (a shared-window address), asynchronous, of which the first `bytes` (0 to 16)
+//! are read and the rest zero-filled.
+__device__ __forceinline__ void copyChunkAsync(uint32_t sharedDst, void const* globalSrc, int bytes)
 {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sharedAddress(sharedDst)),
-        "l"(globalSrc), "r"(valid ? kChunkBytes : 0));
-}
-
-//! 4 bytes global -> shared, asynchronous, of which the first `bytes` (2 or 4) are read, the rest zeroed.
-__device__ __forceinline__ void copyWordAsync(void* sharedDst, void const* globalSrc, int bytes)
-{
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(sharedAddress(sharedDst)), "l"(globalSrc),
-        "r"(bytes));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(sharedDst), "l"(globalSrc), "r"(bytes));
 }
 
 __device__ __forceinline__ void commitCopies()
@@ -124,20 +117,27 @@ __device__ __forceinline__ uint32_t loadHalfPair(__half const* p)
 }
 
 //! Starts the copies of rows [0, paddedRows) of one (batch, head) slice into a shared array of
-//! rows `sharedStride` elements apart; rows from `rows` on are zero-filled.
+//! rows `sharedStride` elements apart; rows from `rows` on are zero-filled (and read nothing). Each
+//! thread copies one 16-byte column of every (blockDim.x / chunks per row)-th row, stepping two
+//! addresses instead of recomputing both per copy (the kernels are bound by instruction issue: run 15's
+//! profile). Chunks per row (2 to 32, a power of two) divide blockDim.x (a multiple of 32).
 template <typename T, int kWidth>
 __device__ __forceinline__ void stageRows(
     T* shared, int sharedStride, T const* global, int64_t tokenStride, int rows, int paddedRows)
 {
     constexpr int kPerChunk = kChunkBytes / static_cast<int>(sizeof(T));
     constexpr int kChunksPerRow = kWidth / kPerChunk;
-    for (int i = threadIdx.x; i < paddedRows * kChunksPerRow; i += blockDim.x)
+    int const rowStep = static_cast<int>(blockDim.x) / kChunksPerRow;
+    int row = static_cast<int>(threadIdx.x) / kChunksPerRow;
+    int const column = (static_cast<int>(threadIdx.x) % kChunksPerRow) * kPerChunk;
+    uint32_t dst = sharedAddress(shared + row * sharedStride + column);
+    T const* src = global + row * tokenStride + column;
+    uint32_t const dstStep = static_cast<uint32_t>(rowStep * sharedStride) * sizeof(T);
+    int64_t const srcStep = rowStep * tokenStride;
+    for (; row < paddedRows; row += rowStep, dst += dstStep, src += srcStep)
     {
-        int const row = i / kChunksPerRow;
-        int const chunk = i % kChunksPerRow;
         bool const valid = row < rows;
-        copyChunkAsync(shared + row * sharedStride + chunk * kPerChunk,
-            global + (valid ? row : 0) * tokenStride + chunk * kPerChunk, valid);
+        copyChunkAsync(dst, valid ? src : global, valid ? kChunkBytes : 0);
     }
 }
 
@@ -176,7 +176,7 @@ struct HalfLayout
     static constexpr int kKeyValueBytes = kKeysPadded * (kKStride + kVStride) * 2;
     __host__ __device__ static constexpr int biasBlockHalves(int keys)
     {
-        return (kRowsPerWarp * keys + 2 + 7) / 8 * 8; // + the alignment shift and the last word's other half
+        return (kRowsPerWarp * keys + 7 + 7) / 8 * 8; // + the alignment shift, in whole 16-byte pieces
     }
     __host__ __device__ static constexpr int bytes(int warps, int keys)
     {
@@ -184,21 +184,37 @@ struct HalfLayout
     }
 };
 
-//! Starts the copies of rows [firstRow, firstRow + rows) of one head's bias ([queries, keys],
-//! contiguous, within a tensor of `total` elements) into `shared`, in 4-byte words from the even
-//! element at or before the first; returns that shift (0 or 1 elements). One warp's lanes share the copies.
+//! Starts the copies of `count` elements of the bias from element `first` (rows of one head's [queries,
+//! keys], contiguous, within a tensor of `total` elements that starts on a 16-byte boundary) into
+//! `shared`, in 16-byte pieces from the boundary at or before the first; returns that shift (0 to 7
+//! elements). A last piece past the tensor's end reads only what is in it. One warp's lanes share the
+//! copies (a quarter of the copies 4-byte words took, each with its own 64-bit address arithmetic).
 __device__ __forceinline__ int stageBiasRows(
     __half* shared, __half const* bias, int64_t first, int count, int64_t total, int lane)
 {
-    int const shift = static_cast<int>(first & 1);
+    constexpr int kPerPiece = kChunkBytes / 2;
+    int const shift = static_cast<int>(first % kPerPiece);
     int64_t const alignedFirst = first - shift;
-    int const words = (count + shift + 1) / 2;
-    for (int w = lane; w < words; w += 32)
+    int const pieces = (count + shift + kPerPiece - 1) / kPerPiece;
+    uint32_t const dst = sharedAddress(shared);
+    for (int piece = lane; piece < pieces; piece += 32)
     {
-        int64_t const element = alignedFirst + 2 * w;
-        copyWordAsync(shared + 2 * w, bias + element, element + 1 < total ? 4 : 2);
+        int64_t const element = alignedFirst + piece * kPerPiece;
+        int64_t const left = total - element;
+        copyChunkAsync(dst + piece * kChunkBytes, bias + element, left >= kPerPiece ? kChunkBytes : static_cast<int>(left) * 2);
     }
     return shift;
+}
+
+//! 2^x, approximate and flushing subnormal results to zero: the fp16 kernel's probabilities are rounded
+//! to fp16 for P.V, whose smallest subnormal is 2^-24, so nothing below 2^-126 could survive anyway;
+//! exp2f keeps subnormal results, which takes more than the one ex2.approx.ftz (104 exponentials per lane
+//! at 196 keys).
+__device__ __forceinline__ float exp2FlushToZero(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
 }
 
 template <int kKeyTiles, int kKeyDim, int kValueDim, AttentionEpilogue kEpilogue>
@@ -222,6 +238,30 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
     int const tile = static_cast<int>(blockIdx.x) + warp * static_cast<int>(gridDim.x);
     bool const active = tile * kRowsPerWarp < queries; // uniform across the warp
 
+    int const group = lane / 4; // the accumulator row (and row + 8) this lane holds
+    int const quad = lane % 4;  // the accumulator column pair 2 * quad, 2 * quad + 1 of each n8 tile
+    int const row0 = tile * kRowsPerWarp + group;
+    int const row1 = row0 + 8;
+    bool const valid0 = row0 < queries;
+    bool const valid1 = row1 < queries;
+
+    // Q's A fragments, loaded before K and V are staged, so that their round trip overlaps the copies
+    // instead of queueing behind them. Rows past the last query are zero.
+    uint32_t qFragments[kKeySteps][4];
+    {
+        __half const* const q = headSlice<__half>(problem.q, batch, head);
+        __half const* const q0 = q + (valid0 ? row0 : 0) * problem.q.tokenStride + 2 * quad;
+        __half const* const q1 = q + (valid1 ? row1 : 0) * problem.q.tokenStride + 2 * quad;
+#pragma unroll
+        for (int step = 0; step < kKeySteps; ++step)
+        {
+            qFragments[step][0] = valid0 ? loadHalfPair(q0 + step * 16) : 0U;
+            qFragments[step][1] = valid1 ? loadHalfPair(q1 + step * 16) : 0U;
+            qFragments[step][2] = valid0 ? loadHalfPair(q0 + step * 16 + 8) : 0U;
+            qFragments[step][3] = valid1 ? loadHalfPair(q1 + step * 16 + 8) : 0U;
+        }
+    }
+
     // Group 1: K, and this warp's bias rows (read once each, so staged rather than loaded where used:
     // scattered 2-byte loads in the softmax cost a dependent global round trip per few keys).
     stageRows<__half, kKeyDim>(kShared, Layout::kKStride, headSlice<__half>(problem.k, batch, head),
@@ -241,29 +281,6 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
     stageRows<__half, kValueDim>(vShared, Layout::kVStride,
         headSlice<__half>(problem.v, batch, head) + slice.firstColumn, problem.v.tokenStride, keys, Layout::kKeysPadded);
     commitCopies();
-
-    int const group = lane / 4; // the accumulator row (and row + 8) this lane holds
-    int const quad = lane % 4;  // the accumulator column pair 2 * quad, 2 * quad + 1 of each n8 tile
-    int const row0 = tile * kRowsPerWarp + group;
-    int const row1 = row0 + 8;
-    bool const valid0 = row0 < queries;
-    bool const valid1 = row1 < queries;
-
-    // Q's A fragments, read while K and V are in flight; rows past the last query are zero.
-    uint32_t qFragments[kKeySteps][4];
-    {
-        __half const* const q = headSlice<__half>(problem.q, batch, head);
-        __half const* const q0 = q + (valid0 ? row0 : 0) * problem.q.tokenStride + 2 * quad;
-        __half const* const q1 = q + (valid1 ? row1 : 0) * problem.q.tokenStride + 2 * quad;
-#pragma unroll
-        for (int step = 0; step < kKeySteps; ++step)
-        {
-            qFragments[step][0] = valid0 ? loadHalfPair(q0 + step * 16) : 0U;
-            qFragments[step][1] = valid1 ? loadHalfPair(q1 + step * 16) : 0U;
-            qFragments[step][2] = valid0 ? loadHalfPair(q0 + step * 16 + 8) : 0U;
-            qFragments[step][3] = valid1 ? loadHalfPair(q1 + step * 16 + 8) : 0U;
-        }
-    }
 
     waitCopies<1>(); // K and the bias have landed (V may still be in flight)
     __syncthreads();
@@ -326,10 +343,10 @@ __global__ void __launch_bounds__(kMaxWarpsPerCta * 32) attentionHalfKernel(Atte
 #pragma unroll
         for (int n = 0; n < kScoreTiles; ++n)
         {
-            scores[n][0] = exp2f(scores[n][0] - max0);
-            scores[n][1] = exp2f(scores[n][1] - max0);
-            scores[n][2] = exp2f(scores[n][2] - max1);
-            scores[n][3] = exp2f(scores[n][3] - max1);
+            scores[n][0] = exp2FlushToZero(scores[n][0] - max0);
+            scores[n][1] = exp2FlushToZero(scores[n][1] - max0);
+            scores[n][2] = exp2FlushToZero(scores[n][2] - max1);
+            scores[n][3] = exp2FlushToZero(scores[n][3] - max1);
             sum0 += scores[n][0] + scores[n][1];
             sum1 += scores[n][2] + scores[n][3];
         }
