@@ -34,7 +34,10 @@ def main() -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
     parser.add_argument("--calls", type=int, default=3)
     args = parser.parse_args()
-    variant = f"levit_{args.variant.lower()}"
+    if args.batch < 1 or args.calls < 1:
+        parser.error(f"--batch and --calls must be at least 1; got {args.batch} and {args.calls} "
+                     "(under ncu --launch-skip 2, --calls 3 or more)")
+    variant = f"levit_{args.variant.lower().removeprefix('levit_')}"
     matches = [s for s in LEVIT_ATTENTION_SHAPES if s.variant == variant and s.layer == args.layer]
     if not matches:
         layers = sorted({(s.variant.removeprefix("levit_"), s.layer) for s in LEVIT_ATTENTION_SHAPES})

@@ -77,6 +77,8 @@ ncu_launches() {
             --metrics smsp__inst_executed.sum \
             python3 tools/attention_launch.py --variant "$variant" --layer "$layer" --batch "$batch" \
             >"$RESULTS/ncu-$variant-$layer-b$batch.txt" 2>&1 || status=1
+        # ncu exits 0 when no kernel matched: a report without the counter is a failure too.
+        grep -q inst_executed "$RESULTS/ncu-$variant-$layer-b$batch.txt" || status=1
         grep -E "attention|Duration|inst_executed|Issued Warp" "$RESULTS/ncu-$variant-$layer-b$batch.txt"
     done
     return $status

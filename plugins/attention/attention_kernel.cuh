@@ -127,6 +127,7 @@ __device__ __forceinline__ void stageRows(
 {
     constexpr int kPerChunk = kChunkBytes / static_cast<int>(sizeof(T));
     constexpr int kChunksPerRow = kWidth / kPerChunk;
+    static_assert(32 % kChunksPerRow == 0, "a row's chunks must divide a warp, so that they divide blockDim.x");
     int const rowStep = static_cast<int>(blockDim.x) / kChunksPerRow;
     int row = static_cast<int>(threadIdx.x) / kChunksPerRow;
     int const column = (static_cast<int>(threadIdx.x) % kChunksPerRow) * kPerChunk;
@@ -166,7 +167,7 @@ __device__ __forceinline__ ColumnSlice columnSlice(AttentionProblem const& probl
 
 //! Shared memory of the fp16 kernel: K and V rows padded by 16 bytes, so that the 8 row addresses of
 //! an ldmatrix land on 8 different 16-byte bank groups; then each warp's 16 rows of bias, as they lie
-//! in global memory (rows `keys` apart, from the even element at or before the first).
+//! in global memory (rows `keys` apart, from the 16-byte boundary at or before the first element).
 template <int kKeyTiles, int kKeyDim, int kValueDim>
 struct HalfLayout
 {
