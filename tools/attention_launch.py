@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from levit_trt import plugins
 from levit_trt.attention_reference import model_inputs
-from levit_trt.attention_shapes import LEVIT_ATTENTION_SHAPES
-
-DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+from levit_trt.attention_shapes import variant_attention_shapes
+from levit_trt.backends.base import DTYPES
+from levit_trt.variants import UnknownVariantError, resolve_variant
 
 
 def main() -> int:
@@ -31,17 +31,20 @@ def main() -> int:
     parser.add_argument("--layer", default="downsample1",
                         help="stage1, downsample1, stage2, downsample2 or stage3")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
+    parser.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16")  # the kernels' two
     parser.add_argument("--calls", type=int, default=3)
     args = parser.parse_args()
     if args.batch < 1 or args.calls < 1:
         parser.error(f"--batch and --calls must be at least 1; got {args.batch} and {args.calls} "
                      "(under ncu --launch-skip 2, --calls 3 or more)")
-    variant = f"levit_{args.variant.lower().removeprefix('levit_')}"
-    matches = [s for s in LEVIT_ATTENTION_SHAPES if s.variant == variant and s.layer == args.layer]
+    try:
+        variant = resolve_variant(args.variant)
+    except UnknownVariantError as error:
+        parser.error(str(error))
+    shapes = variant_attention_shapes(variant)
+    matches = [s for s in shapes if s.layer == args.layer]
     if not matches:
-        layers = sorted({(s.variant.removeprefix("levit_"), s.layer) for s in LEVIT_ATTENTION_SHAPES})
-        parser.error(f"no attention {args.layer!r} in {variant}; known: {layers}")
+        parser.error(f"{variant.display} has no attention {args.layer!r}; its layers: {', '.join(s.layer for s in shapes)}")
     if not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2
@@ -51,7 +54,7 @@ def main() -> int:
     for _ in range(args.calls):
         torch.ops.levit_trt.attention(q, k, v, bias, shape.scale)
     torch.cuda.synchronize()
-    print(f"{variant} {args.layer} batch {args.batch} {args.dtype}: [{shape.heads} heads, {shape.queries} queries, "
+    print(f"{variant.display} {args.layer} batch {args.batch} {args.dtype}: [{shape.heads} heads, {shape.queries} queries, "
           f"{shape.keys} keys, q/k {shape.key_dim}, v {shape.value_dim}], {args.calls} launches")
     return 0
 
