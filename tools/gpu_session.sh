@@ -11,7 +11,8 @@
 # (the project itself need not be pip-installed: the repository root goes on PYTHONPATH).
 # Results go to $OUT (default ./gpu-results): gpu.log (everything printed) and, since the device
 # tool brings back only a few files, session.tar.gz holding every JSON and table the stages wrote
-# (softmax.json, attention.json, profile-*.json/.txt, end_to_end.json, latency.json/.md).
+# (softmax.json, attention.json, profile-*.json/.txt, end_to_end.json, latency.json/.md,
+# ncu-*.txt).
 # STAGE_TIMEOUT (seconds, default 300) caps each stage.
 # ATTENTION_ARGS: more tools/attention_gpu_check.py arguments (e.g. --sweep).
 # TEST_ARGS: pytest arguments of the tests stage (default "-m gpu -n 8": the GPU tests, in xdist
@@ -68,18 +69,19 @@ profile() {
 }
 
 ncu_launches() {
-    local launch variant layer batch status=0
+    local launch variant layer batch report status=0
     for launch in ${NCU_LAUNCHES:-384:downsample1:64 192:downsample1:16}; do
         IFS=: read -r variant layer batch <<<"$launch"
+        report=$RESULTS/ncu-$variant-$layer-b$batch.txt
         timeout "$limit" ncu --clock-control none -k regex:attention --launch-skip 2 --launch-count 1 \
             --section SpeedOfLight --section LaunchStats --section Occupancy --section SchedulerStats \
             --section WarpStateStats --section MemoryWorkloadAnalysis --section SourceCounters \
             --metrics smsp__inst_executed.sum \
             python3 tools/attention_launch.py --variant "$variant" --layer "$layer" --batch "$batch" \
-            >"$RESULTS/ncu-$variant-$layer-b$batch.txt" 2>&1 || status=1
+            >"$report" 2>&1 || status=1
         # ncu exits 0 when no kernel matched: a report without the counter is a failure too.
-        grep -q inst_executed "$RESULTS/ncu-$variant-$layer-b$batch.txt" || status=1
-        grep -E "attention|Duration|inst_executed|Issued Warp" "$RESULTS/ncu-$variant-$layer-b$batch.txt"
+        grep -q inst_executed "$report" || status=1
+        grep -E "attention|Duration|inst_executed|Issued Warp" "$report"
     done
     return $status
 }
